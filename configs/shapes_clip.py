@@ -1,0 +1,16 @@
+"""CLIP (two towers, softmax contrastive loss) on the procedural shapes data.
+
+    python -m vlm_jax.train --config configs/shapes_clip.py --workdir /tmp/shapes_clip
+
+Reached here (2 CPU cores): see experiments/README.md for wall time and every eval.json metric.
+"""
+
+from vlm_jax.run_config import base_config
+
+
+def get_config(arg=None):
+  del arg
+  config = base_config()
+  config.model.name = "two_tower"
+  config.loss.contrastive = "softmax"
+  return config

@@ -1,0 +1,21 @@
+"""CoCa (contrastive + captioning, one ViT) on the shapes data: the README's main command.
+
+    python -m vlm_jax.train --config configs/shapes_coca.py --workdir /tmp/shapes_coca
+
+Loss = 2.0 * caption + 1.0 * contrastive (the CoCa paper's weights).
+Reached here (2 CPU cores): see experiments/README.md for wall time and every eval.json metric.
+"""
+
+from vlm_jax.run_config import base_config
+
+
+def get_config(arg=None):
+  del arg
+  config = base_config()
+  config.model.name = "coca"
+  config.model.text.depth = 2       # the unimodal half
+  config.model.multimodal.depth = 2  # the half that cross-attends image tokens
+  config.loss.contrastive = "softmax"
+  config.loss.contrastive_weight = 1.0
+  config.loss.caption_weight = 2.0
+  return config

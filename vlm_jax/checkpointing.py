@@ -1,0 +1,43 @@
+"""Orbax checkpoints under DIR/checkpoints/<step>/: the train state and the data iterator, saved together.
+
+The grain iterator's state lives in the same checkpoint as the model, so a resumed run reads exactly the
+batches an uninterrupted run would have read.
+"""
+
+import os
+
+import grain
+import orbax.checkpoint as ocp
+
+
+class Checkpoints:
+
+  def __init__(self, workdir: str, keep: int):
+    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                             enable_async_checkpointing=True))
+
+  def latest_step(self):
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, data_iterator) -> None:
+    args = {"state": ocp.args.StandardSave(state)}
+    if data_iterator is not None:
+      args["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+
+  def restore(self, step: int, target_state, data_iterator=None):
+    """Restores `step` onto the shardings of `target_state`; advances `data_iterator` in place."""
+    args = {"state": ocp.args.StandardRestore(target_state)}
+    if data_iterator is not None:
+      args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    return self.manager.restore(step, args=ocp.args.Composite(**args))["state"]
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()

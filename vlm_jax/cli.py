@@ -1,0 +1,52 @@
+"""Command-line flags and error handling shared by `python -m vlm_jax.train` and `python -m vlm_jax.evaluate`.
+
+Library code never parses flags: this module turns them into calls of `train.train_and_evaluate` and
+`train.evaluate_checkpoint`. A UserError becomes one line on stderr and exit status 1, no traceback.
+"""
+
+import functools
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from vlm_jax.errors import UserError
+
+config_flags.DEFINE_config_file("config", None, "Path to a config file, e.g. configs/shapes_coca.py.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl, TensorBoard and eval.json.")
+flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, for multi-process runs off TPU pods.")
+flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
+flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+FLAGS = flags.FLAGS
+
+
+def _initialize_distributed():
+  import jax
+  if FLAGS.coordinator_address or FLAGS.num_processes:
+    if None in (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id):
+      raise UserError("--coordinator_address, --num_processes and --process_id go together")
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+
+
+def _run(argv, command: str):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  try:
+    if FLAGS.config is None:
+      raise UserError("--config is required, e.g. --config configs/shapes_coca.py")
+    if not FLAGS.workdir:
+      raise UserError("--workdir is required")
+    _initialize_distributed()
+    from vlm_jax import train
+    if command == "train":
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    else:
+      train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
+  except UserError as e:
+    print(f"vlm_jax.{command}: error: {e}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def main(command: str):
+  app.run(functools.partial(_run, command=command))

@@ -1,0 +1,1 @@
+"""Evaluators: pure functions from model outputs (embeddings, decoded texts) to named scores."""

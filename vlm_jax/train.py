@@ -1,0 +1,234 @@
+"""One trainer for every objective, driven by the config.
+
+    python -m vlm_jax.train --config configs/shapes_coca.py --workdir /tmp/coca
+
+Re-running the same command resumes from the latest checkpoint in DIR/checkpoints/.
+"""
+
+import functools
+import json
+import os
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+
+from vlm_jax import checkpointing, losses, metrics_writer, run_config, sharding
+from vlm_jax import evaluate as evaluate_lib
+from vlm_jax.data import pipeline, tokenizer as tokenizer_lib
+from vlm_jax.errors import UserError
+from vlm_jax.models import build_model
+
+TASKS = {"two_tower": "contrastive_caption", "coca": "contrastive_caption", "prefix_lm": "vqa"}
+
+
+class TrainState(train_state.TrainState):
+  pass
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  """AdamW with linear warmup then cosine decay to 0 over total_steps; decay only on matrices."""
+  o = config.optimizer
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, o.learning_rate, min(o.warmup_steps, config.total_steps), config.total_steps, end_value=0.0)
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+  return optax.chain(
+      optax.clip_by_global_norm(o.grad_clip_norm),
+      optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask))
+
+
+def prepare_workdir(workdir: str) -> str:
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, ".write_test")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f"workdir {workdir} cannot be written: {e.strerror or e}") from None
+  return workdir
+
+
+def check_same_model(config, workdir: str) -> None:
+  """Refuse to resume a workdir whose saved config describes another model (nothing is touched)."""
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(path) and os.path.isdir(os.path.join(workdir, "checkpoints")):
+    with open(path) as f:
+      saved = json.load(f)
+    for section in ("model", "data"):
+      current = json.loads(config[section].to_json())
+      if saved.get(section) != current:
+        changed = sorted(k for k in set(current) | set(saved.get(section, {}))
+                         if current.get(k) != saved.get(section, {}).get(k))
+        raise UserError(f"workdir {workdir} holds checkpoints of a different {section} config "
+                        f"(config.{section}.{changed[0] if changed else '?'} differs); use another --workdir")
+
+
+def sample_batch(task: str, batch_size: int, image_size: int, max_len: int) -> dict:
+  batch = {"image": np.zeros((batch_size, image_size, image_size, 3), np.float32),
+           "text": np.zeros((batch_size, max_len), np.int32)}
+  batch["text"][:, 0] = 1
+  if task == "vqa":
+    batch["prefix_len"] = np.ones((batch_size,), np.int32)
+  else:
+    batch["caption"] = batch["text"].copy()
+  return batch
+
+
+def create_train_state(model, tx, batch: dict, rng, mesh, rules):
+  """Initialises the state already sharded: jit of init with out_shardings from its abstract shape."""
+  def init(rng):
+    params = model.init(rng, batch)["params"]
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+
+  with nn.logical_axis_rules(rules):
+    abstract = jax.eval_shape(init, rng)
+    shardings = sharding.state_shardings(abstract, mesh, rules)
+    state = jax.jit(init, out_shardings=shardings)(rng)
+  return nn.meta.unbox(state), shardings
+
+
+def make_train_step(model, config, pad_id: int, state_shardings, mesh):
+  def train_step(state, batch):
+    def loss_fn(params):
+      outputs, _ = model.apply({"params": params}, batch)
+      return losses.compute_loss(config.loss, outputs, batch, pad_id)
+
+    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    return state.apply_gradients(grads=grads), metrics
+
+  return jax.jit(train_step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class Run:
+  """Everything a config builds: data, tokenizer, model, state, checkpoints. Shared by train and evaluate."""
+
+  def __init__(self, config, workdir: str, *, for_training: bool):
+    run_config.validate(config)
+    self.config = config
+    self.workdir = prepare_workdir(workdir)
+    self.mesh = sharding.make_mesh(config.mesh)
+    self.rules = sharding.logical_rules(config)
+    if config.batch_size % jax.process_count() or (config.batch_size // jax.process_count()) % jax.local_device_count():
+      raise UserError(f"config.batch_size={config.batch_size} must be divisible by the {jax.device_count()} devices")
+    data_dir = os.path.expanduser(config.data.data_dir)
+    pipeline.prepare_shapes(data_dir, config.data.builder_config)
+    self.tokenizer = tokenizer_lib.load_tokenizer(config.data.tokenizer, data_dir, config.data.builder_config)
+    self.task = TASKS[config.model.name]
+    self.model = build_model(config.model, vocab_size=self.tokenizer.vocab_size, max_len=config.data.max_text_len,
+                             eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id)
+    self.data_iterator = None
+    if for_training:
+      self.data_iterator = pipeline.train_iterator(
+          config.data, self.tokenizer, batch_size=config.batch_size, seed=config.seed, task=self.task,
+          process_index=jax.process_index(), process_count=jax.process_count())
+    self.tx = make_optimizer(config)
+    batch = sample_batch(self.task, 2, config.data.image_size, config.data.max_text_len)
+    self.state, self.state_shardings = create_train_state(
+        self.model, self.tx, batch, jax.random.key(config.seed), self.mesh, self.rules)
+    self.checkpoints = checkpointing.Checkpoints(self.workdir, config.keep_checkpoints)
+
+  def restore_latest(self) -> int:
+    """Restores the newest checkpoint (state and data iterator); returns its step, 0 if none."""
+    step = self.checkpoints.latest_step()
+    if step is None:
+      return 0
+    self.state = self.checkpoints.restore(step, self.state, self.data_iterator)
+    return int(step)
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains for config.total_steps (resuming if DIR holds checkpoints), then scores the test split."""
+  check_same_model(config, prepare_workdir(workdir))
+  run = Run(config, workdir, for_training=True)
+  workdir, is_main = run.workdir, jax.process_index() == 0
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json(indent=1))
+  writer = metrics_writer.MetricsWriter(workdir, enabled=is_main)
+  start_step = run.restore_latest()
+  if start_step:
+    print(f"resumed from {run.checkpoints.directory}/{start_step}", flush=True)
+    writer.truncate_after(start_step)
+  n_params = sum(x.size for x in jax.tree.leaves(run.state.params))
+  print(f"model {config.model.name}: {n_params / 1e6:.2f}M parameters; mesh {dict(run.mesh.shape)}; "
+        f"{config.total_steps} steps of batch {config.batch_size}", flush=True)
+
+  train_step = make_train_step(run.model, config, run.tokenizer.pad_id, run.state_shardings, run.mesh)
+  evaluator = evaluate_lib.Evaluator(run.model, config, run.tokenizer)
+  state, step = run.state, start_step
+  window_start, window_steps, train_start = time.time(), 0, time.time()
+  with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
+    while step < config.total_steps:
+      batch = sharding.global_batch(next(run.data_iterator), run.mesh)
+      state, metrics = train_step(state, batch)
+      step += 1
+      window_steps += 1
+      if step % config.log_every_steps == 0 or step == config.total_steps or step == start_step + 1:
+        metrics = jax.device_get(metrics)
+        elapsed = time.time() - window_start
+        images_per_second = window_steps * config.batch_size / max(elapsed, 1e-9)
+        eta = (config.total_steps - step) * elapsed / window_steps
+        writer.write(step, {**metrics, "images_per_second": images_per_second})
+        first = " (includes compilation)" if step == start_step + 1 else ""
+        print(f"step {step}/{config.total_steps} | loss {metrics['loss']:.4f} | "
+              f"{images_per_second:.0f} img/s{first} | ETA {_format_duration(eta)}", flush=True)
+        window_start, window_steps = time.time(), 0
+      if step % config.checkpoint_every_steps == 0 or step == config.total_steps:
+        run.checkpoints.save(step, state, run.data_iterator)
+      if step % config.eval_every_steps == 0 and step < config.total_steps:
+        split = config.eval.periodic_split
+        scores = evaluator(state.params, split)
+        writer.write(step, {f"{split}/{k}": v for k, v in scores.items()})
+        print(f"eval on {split} at step {step}:\n" + evaluate_lib.format_metrics(scores), flush=True)
+        window_start, window_steps = time.time(), 0
+    train_seconds = time.time() - train_start
+    run.checkpoints.wait()
+    scores = evaluate_lib.evaluate_splits(evaluator, state.params, config)
+  run.checkpoints.close()
+  if is_main:
+    path = evaluate_lib.write_eval_json(workdir, step, scores)
+    writer.write(step, {f"{config.eval.split}/{k}": v for k, v in scores.items()})
+    print(f"trained {step - start_step} steps in {_format_duration(train_seconds)}; "
+          f"held-out {config.eval.split} scores (written to {path}):\n" + evaluate_lib.format_metrics(scores),
+          flush=True)
+  writer.close()
+  return scores
+
+
+def evaluate_checkpoint(config, workdir: str) -> dict:
+  """Restores the latest checkpoint in DIR and scores the test split into DIR/eval.json."""
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    raise UserError(f"no checkpoints in {workdir}/checkpoints: train first with python -m vlm_jax.train")
+  check_same_model(config, workdir)
+  run = Run(config, workdir, for_training=False)
+  step = run.restore_latest()
+  if not step:
+    raise UserError(f"no checkpoint found in {run.checkpoints.directory}")
+  evaluator = evaluate_lib.Evaluator(run.model, config, run.tokenizer)
+  with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
+    scores = evaluate_lib.evaluate_splits(evaluator, run.state.params, config)
+  run.checkpoints.close()
+  if jax.process_index() == 0:
+    path = evaluate_lib.write_eval_json(run.workdir, step, scores)
+    print(f"checkpoint {step}: {config.eval.split} scores (written to {path}):\n"
+          + evaluate_lib.format_metrics(scores), flush=True)
+  return scores
+
+
+if __name__ == "__main__":
+  from vlm_jax import cli
+  cli.main("train")
