@@ -1,0 +1,305 @@
+"""Tests of vlm_jax.data: scene generation, the tfds builder, tokenizers and the grain pipeline."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import ml_collections
+import numpy as np
+import pytest
+
+from vlm_jax.data import pipeline, shapes
+from vlm_jax.data import tokenizer as tokenizer_lib
+from vlm_jax.errors import UserError
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPLITS = ("train", "validation", "test", "compositional")
+NAME = r"(?:a|an) (\w+) (\w+)"
+
+
+def examples(split, n=300, seed=0):
+  return [shapes.make_example(seed, split, i) for i in range(n)]
+
+
+def scene_objects(example):
+  return json.loads(example["scene"])
+
+
+def names_in(text):
+  """(colour, shape) pairs named in a caption, in order."""
+  return re.findall(NAME, text)
+
+
+def relation_holds(example, text):
+  """Truth of 'a C S <relation> a C S' for the example's scene (clear margin, as generated)."""
+  match = re.fullmatch(f"{NAME} (left of|right of|above|below) {NAME}", text)
+  assert match, text
+  ca, sa, relation, cb, sb = match.groups()
+  objs = {(o["color"], o["shape"]): o for o in scene_objects(example)}
+  a, b = objs[(ca, sa)], objs[(cb, sb)]
+  margin = shapes.RELATION_MARGIN_AT_32
+  return {"left of": b["x"] - a["x"] >= margin, "right of": a["x"] - b["x"] >= margin,
+          "above": b["y"] - a["y"] >= margin, "below": a["y"] - b["y"] >= margin}[relation]
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("data"))
+  pipeline.prepare_shapes(path, "tiny")
+  return path
+
+
+@pytest.fixture(scope="session")
+def data_config(data_dir):
+  return ml_collections.ConfigDict(dict(
+      name="shapes", builder_config="tiny", data_dir=data_dir, tokenizer="sentencepiece",
+      max_text_len=24, vqa_caption_prob=0.2))
+
+
+@pytest.fixture(scope="session")
+def sp_tokenizer(data_dir):
+  return tokenizer_lib.load_tokenizer("sentencepiece", data_dir, "tiny")
+
+
+# ----------------------------------------------------------------------------- scenes
+
+def test_examples_are_a_function_of_seed_split_index():
+  for index in range(10):
+    a, b = (shapes.make_example(0, "train", index) for _ in range(2))
+    assert shapes.png_bytes(a["image"]) == shapes.png_bytes(b["image"])
+    assert {k: v for k, v in a.items() if k != "image"} == {k: v for k, v in b.items()
+                                                           if k != "image"}
+  first = [shapes.png_bytes(e["image"]) for e in examples("train", 10, seed=0)]
+  other_seed = [shapes.png_bytes(e["image"]) for e in examples("train", 10, seed=1)]
+  other_split = [shapes.png_bytes(e["image"]) for e in examples("validation", 10, seed=0)]
+  assert set(first).isdisjoint(other_seed) and set(first).isdisjoint(other_split)
+
+
+def test_held_out_pairs_only_in_compositional_split():
+  for split in ("train", "validation", "test"):
+    for e in examples(split):
+      pairs = {(o["color"], o["shape"]) for o in scene_objects(e)}
+      assert not pairs & shapes.HELD_OUT_PAIRS, (split, e["scene"])
+  for e in examples("compositional"):
+    assert {(o["color"], o["shape"]) for o in scene_objects(e)} & shapes.HELD_OUT_PAIRS
+
+
+def test_scenes_have_unique_non_overlapping_objects():
+  for e in examples("train"):
+    objs = scene_objects(e)
+    assert 1 <= len(objs) <= 4
+    assert len({(o["color"], o["shape"]) for o in objs}) == len(objs)
+    image = np.asarray(e["image"])
+    assert image.shape == (32, 32, 3)
+    # Every object's centre pixel shows its colour (shapes are drawn, not hidden by others).
+    for o in objs:
+      assert tuple(image[o["y"], o["x"]]) == shapes.COLORS[o["color"]]
+
+
+def test_canonical_caption_lists_objects_left_to_right():
+  for e in examples("train") + examples("compositional", 100):
+    objs = sorted(scene_objects(e), key=lambda o: o["x"])
+    assert names_in(e["caption"]) == [(o["color"], o["shape"]) for o in objs]
+    assert e["captions"][0] == e["caption"]
+
+
+def test_all_captions_are_true():
+  for e in examples("train"):
+    for caption in e["captions"][2:]:
+      assert relation_holds(e, caption), (caption, e["scene"])
+    assert e["captions"][1] == shapes.count_caption(len(scene_objects(e)))
+
+
+def test_hard_negatives_are_false_and_differ_from_positives():
+  seen = set()
+  for e in examples("train") + examples("test"):
+    objs = scene_objects(e)
+    present = {(o["color"], o["shape"]) for o in objs}
+    for kind in shapes.HARDNEG_KINDS:
+      pos, neg = e[f"hardneg_{kind}_pos"], e[f"hardneg_{kind}_neg"]
+      assert bool(pos) == bool(neg)
+      if pos:
+        assert pos != neg
+        seen.add(kind)
+    count_words = {f"{w} shape{'s' if i > 1 else ''}": i
+                   for i, w in enumerate(shapes.NUMBER_WORDS) if i}
+    assert count_words[e["hardneg_count_pos"]] == len(objs)
+    assert count_words[e["hardneg_count_neg"]] in {len(objs) - 1, len(objs) + 1}
+    if e["hardneg_binding_neg"]:
+      assert e["hardneg_binding_pos"] == e["caption"]
+      assert set(names_in(e["hardneg_binding_neg"])) - present
+    for kind in ("left_right", "above_below"):
+      if e[f"hardneg_{kind}_pos"]:
+        assert relation_holds(e, e[f"hardneg_{kind}_pos"])
+        assert not relation_holds(e, e[f"hardneg_{kind}_neg"])
+  assert seen == set(shapes.HARDNEG_KINDS)
+
+
+def test_questions_have_correct_single_word_answers():
+  for e in examples("train"):
+    objs = scene_objects(e)
+    assert 3 <= len(e["questions"]) <= 6
+    assert len(e["questions"]) == len(e["answers"]) == len(e["question_types"])
+    present = {(o["color"], o["shape"]) for o in objs}
+    for q, a, qtype in zip(e["questions"], e["answers"], e["question_types"]):
+      assert re.fullmatch(r"[a-z]+", a), a
+      if qtype == "count":
+        assert a == shapes.NUMBER_WORDS[len(objs)]
+      elif qtype == "exists":
+        (pair,) = names_in(q)
+        assert a == ("yes" if pair in present else "no")
+        assert pair not in shapes.HELD_OUT_PAIRS
+      elif qtype in ("left_right", "above_below"):
+        statement = re.sub(r"^is the (.*)\?$", r"a \1", q).replace(" the ", " a ")
+        assert a == ("yes" if relation_holds(e, statement) else "no"), q
+
+
+# ----------------------------------------------------------------------------- tokenizers
+
+def test_tokenizers_round_trip_every_text(data_config, sp_tokenizer):
+  byte_tokenizer = tokenizer_lib.ByteTokenizer()
+  for split in SPLITS:
+    for e in examples(split, 64):
+      for text in shapes.all_texts(e) + [pipeline.DESCRIBE_PROMPT]:
+        ids = sp_tokenizer.encode(text)
+        assert tokenizer_lib.UNK_ID not in ids, text
+        assert sp_tokenizer.decode(ids) == text
+        assert byte_tokenizer.decode(byte_tokenizer.encode(text)) == text
+  # A word-level vocabulary: each word is one token.
+  assert len(sp_tokenizer.encode("a red circle and an orange square")) == 7
+
+
+def test_sentencepiece_training_is_deterministic(tmp_path):
+  texts = [t for e in examples("train", 50) for t in shapes.all_texts(e)]
+  paths = [tokenizer_lib.train_sentencepiece(texts, str(tmp_path / f"m{i}")) for i in range(2)]
+  assert open(paths[0], "rb").read() == open(paths[1], "rb").read()
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "byte"])
+def test_tokenize_pads_and_truncation_keeps_eos(sp_tokenizer, kind):
+  tok = sp_tokenizer if kind == "sentencepiece" else tokenizer_lib.ByteTokenizer()
+  ids, truncated = tokenizer_lib.tokenize(tok, "a red circle", 24)
+  assert not truncated and ids.dtype == np.int32 and ids.shape == (24,)
+  n = len(tok.encode("a red circle"))
+  assert ids[0] == tok.bos_id and ids[n + 1] == tok.eos_id and not ids[n + 2:].any()
+  ids, truncated = tokenizer_lib.tokenize(tok, "a red circle and a blue square", 4)
+  assert truncated and ids[0] == tok.bos_id and ids[-1] == tok.eos_id
+  assert tok.decode(ids) == tok.decode(tok.encode("a red circle and a blue square")[:2])
+
+
+def test_missing_tokenizer_is_a_user_error(tmp_path):
+  with pytest.raises(UserError, match="prepare"):
+    tokenizer_lib.load_tokenizer("sentencepiece", str(tmp_path), "tiny")
+
+
+# ----------------------------------------------------------------------------- preparation
+
+def test_prepare_is_idempotent(data_dir, capsys):
+  pipeline.prepare_shapes(data_dir, "tiny")
+  assert "preparing" not in capsys.readouterr().out
+
+
+def test_damaged_prepared_data_is_a_user_error(data_dir, tmp_path):
+  shutil.copytree(os.path.join(data_dir, "shapes"), tmp_path / "shapes")
+  version_dir = tmp_path / "shapes" / "tiny" / "1.0.0"
+  for name in os.listdir(version_dir):
+    if name.startswith("shapes-train.array_record"):
+      os.remove(version_dir / name)
+  with pytest.raises(UserError, match=str(version_dir)):
+    pipeline.prepare_shapes(str(tmp_path), "tiny")
+
+
+def test_prepared_data_reads_without_tensorflow(data_config):
+  code = f"""
+import sys, ml_collections
+from vlm_jax.data import pipeline, tokenizer
+cfg = ml_collections.ConfigDict({data_config.to_dict()!r})
+split = pipeline.load_split(cfg, "compositional")
+tok = tokenizer.load_tokenizer("sentencepiece", cfg.data_dir, "tiny")
+next(pipeline.train_iterator(cfg, tok, batch_size=8, seed=0, task="vqa"))
+assert "tensorflow" not in sys.modules, [m for m in sys.modules if m.startswith("tensorflow.")]
+"""
+  env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+  subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT, env=env)
+
+
+def test_load_split_matches_generator(data_config):
+  split = pipeline.load_split(data_config, "validation")
+  assert split["image"].shape == (64, 32, 32, 3) and split["image"].dtype == np.float32
+  assert split["image"].min() >= -1 and split["image"].max() <= 1
+  for index in (0, 63):
+    e = shapes.make_example(0, "validation", index)
+    np.testing.assert_allclose(split["image"][index], np.asarray(e["image"]) / 127.5 - 1,
+                               atol=1e-6)
+    for field in shapes.TEXT_FIELDS + shapes.LIST_FIELDS:
+      assert split[field][index] == e[field]
+
+
+# ----------------------------------------------------------------------------- grain iterator
+
+def take(iterator, n):
+  return [next(iterator) for _ in range(n)]
+
+
+def assert_batches_equal(a, b):
+  for x, y in zip(a, b, strict=True):
+    assert x.keys() == y.keys()
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+
+
+def test_train_iterator_is_deterministic_and_resumes_exactly(data_config, sp_tokenizer):
+  make = lambda seed: pipeline.train_iterator(data_config, sp_tokenizer, batch_size=16,
+                                              seed=seed, task="contrastive_caption")
+  first = take(make(0), 3)
+  assert_batches_equal(first, take(make(0), 3))
+  assert not np.array_equal(first[0]["image"], next(make(1))["image"])
+  # Resuming from a saved state gives exactly the batches that came next, across an epoch end.
+  iterator = make(0)
+  take(iterator, 15)
+  state = iterator.get_state()
+  expected = take(iterator, 3)
+  resumed = make(0)
+  resumed.set_state(state)
+  assert_batches_equal(expected, take(resumed, 3))
+
+
+def test_processes_read_disjoint_examples(data_config, sp_tokenizer):
+  seen = []
+  for process_index in range(2):
+    iterator = pipeline.train_iterator(
+        data_config, sp_tokenizer, batch_size=64, seed=0, task="contrastive_caption",
+        process_index=process_index, process_count=2)
+    batches = take(iterator, 4)  # 4 x 32 = this process's 128 examples: one epoch
+    assert all(b["image"].shape[0] == 32 for b in batches)
+    seen.append({img.tobytes() for b in batches for img in b["image"]})
+  assert len(seen[0]) == len(seen[1]) == 128 and seen[0].isdisjoint(seen[1])
+
+
+def test_vqa_batches_hold_prompt_then_answer(data_config, sp_tokenizer):
+  batch = next(pipeline.train_iterator(data_config, sp_tokenizer, batch_size=32, seed=0,
+                                       task="vqa"))
+  assert batch["text"].shape == (32, 24) and batch["prefix_len"].shape == (32,)
+  questions = {q for e in examples("train", 256) for q in e["questions"]}
+  questions.add(pipeline.DESCRIBE_PROMPT)
+  for text, prefix_len in zip(batch["text"], batch["prefix_len"]):
+    prompt = sp_tokenizer.decode(text[:prefix_len])
+    assert prompt in questions
+    np.testing.assert_array_equal(
+        text[:prefix_len], pipeline.make_vqa_prompt(sp_tokenizer, prompt, 24))
+    assert sp_tokenizer.decode(text[prefix_len:])  # a non-empty answer follows
+    assert sp_tokenizer.eos_id in text
+
+
+def test_contrastive_batches_hold_true_captions(data_config, sp_tokenizer):
+  batch = next(pipeline.train_iterator(data_config, sp_tokenizer, batch_size=32, seed=0,
+                                       task="contrastive_caption"))
+  assert batch["image"].dtype == np.float32 and batch["text"].dtype == np.int32
+  captions = {sp_tokenizer.decode(t): sp_tokenizer.decode(c)
+              for t, c in zip(batch["text"], batch["caption"])}
+  by_caption = {e["caption"]: e["captions"] for e in examples("train", 256)}
+  for text, caption in captions.items():
+    assert text in by_caption[caption]

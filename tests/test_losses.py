@@ -1,0 +1,123 @@
+"""Losses against closed forms, and the evaluators' and decoder's small pure functions."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from vlm_jax import decoding, losses
+from vlm_jax.evaluators import captioning, hardneg, retrieval, vqa
+
+
+@pytest.mark.parametrize("n,scale", [(2, 1.0), (4, 5.0), (8, 10.0)])
+def test_softmax_loss_for_orthonormal_pairs_is_the_closed_form(n, scale):
+  embeddings = jnp.eye(n, 16)
+  loss, _ = losses.contrastive_softmax_loss(embeddings, embeddings, jnp.log(scale))
+  np.testing.assert_allclose(loss, np.log(1 + (n - 1) * np.exp(-scale)), rtol=1e-5, atol=1e-6)
+
+
+def test_softmax_loss_temperature_is_clamped_at_100():
+  embeddings = jnp.eye(4, 8)
+  clamped, metrics = losses.contrastive_softmax_loss(embeddings, embeddings, jnp.log(1000.0))
+  at_100, _ = losses.contrastive_softmax_loss(embeddings, embeddings, jnp.log(100.0))
+  np.testing.assert_allclose(clamped, at_100)
+  np.testing.assert_allclose(metrics["temperature_scale"], 100.0)
+  grad = jax.grad(lambda s: losses.contrastive_softmax_loss(embeddings, embeddings, s)[0])(jnp.log(1000.0))
+  assert grad == 0.0
+
+
+def test_softmax_loss_matches_a_reference_on_random_embeddings():
+  x = jax.random.normal(jax.random.key(0), (6, 5))
+  y = jax.random.normal(jax.random.key(1), (6, 5))
+  loss, _ = losses.contrastive_softmax_loss(x, y, jnp.log(3.0))
+  logits = 3.0 * x @ y.T
+  labels = jnp.arange(6)
+  expected = 0.5 * (optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+                    + optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean())
+  np.testing.assert_allclose(loss, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("n,scale,bias", [(3, 10.0, -10.0), (5, 2.0, 1.0)])
+def test_sigmoid_loss_for_orthonormal_pairs_is_the_closed_form(n, scale, bias):
+  embeddings = jnp.eye(n, 8)
+  loss, _ = losses.contrastive_sigmoid_loss(embeddings, embeddings, jnp.log(scale), bias)
+  log_sigmoid = lambda z: -np.log1p(np.exp(-z))
+  expected = -(n * log_sigmoid(scale + bias) + n * (n - 1) * log_sigmoid(-bias)) / n
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+def test_identical_captions_count_as_positives():
+  tokens = jnp.array([[1, 4, 2], [1, 5, 2], [1, 4, 2]])
+  positives = losses.same_text_mask(tokens)
+  np.testing.assert_array_equal(positives, [[1, 0, 1], [0, 1, 0], [1, 0, 1]])
+  # Scenes 0 and 2 look the same and share a caption: images [e0, e1, e0], texts [e0, e1, e0]. With copies
+  # as positives, the target of row 0 is uniform over columns 0 and 2: CE = log(2 + e^-s); row 1: log(1 + 2e^-s).
+  s = 10.0
+  embeddings = jnp.eye(4)[jnp.array([0, 1, 0])]
+  loss, metrics = losses.contrastive_softmax_loss(embeddings, embeddings, jnp.log(s), positives)
+  expected = (2 * np.log(2 + np.exp(-s)) + np.log(1 + 2 * np.exp(-s))) / 3
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+  assert metrics["contrastive_accuracy"] == 1.0  # the top text is always a positive
+
+
+def test_next_token_loss_ignores_padding_and_is_log_vocab_for_uniform_logits():
+  v = 7
+  logits = jnp.zeros((2, 4, v))
+  targets = jnp.array([[3, 1, 0, 0], [2, 0, 0, 0]])
+  weights = targets != 0
+  loss, _ = losses.next_token_loss(logits, targets, weights)
+  np.testing.assert_allclose(loss, np.log(v), rtol=1e-6)
+  changed_padding = logits.at[0, 3].set(jax.random.normal(jax.random.key(0), (v,)))
+  np.testing.assert_allclose(losses.next_token_loss(changed_padding, targets, weights)[0], loss)
+
+
+def test_answer_weights_cover_only_the_tokens_after_the_prompt():
+  text = jnp.array([[1, 10, 11, 20, 21, 2, 0]])  # BOS, 2 prompt tokens, answer 20 21, EOS, pad
+  weights = losses.answer_weights(text, jnp.array([3]), pad_id=0)
+  # targets are text[:, 1:] = 10 11 20 21 EOS pad -> loss on 20, 21, EOS
+  np.testing.assert_array_equal(weights, [[0, 0, 1, 1, 1, 0]])
+
+
+def test_greedy_decode_fills_from_each_rows_start_and_stops_at_eos():
+  eos, vocab = 2, 10
+
+  def logits_fn(tokens):  # next token = current token + 1, and EOS after token 6
+    nxt = jnp.where(tokens == 6, eos, tokens + 1)
+    return jax.nn.one_hot(nxt, vocab) * 10
+
+  tokens = jnp.array([[1, 3, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0, 0]])
+  out = np.asarray(decoding.greedy_decode(logits_fn, tokens, jnp.array([2, 1]), num_steps=6, eos_id=eos))
+  np.testing.assert_array_equal(out[0], [1, 3, 4, 5, 6, 2, 0])
+  np.testing.assert_array_equal(out[1], [1, 2, 0, 0, 0, 0, 0])  # BOS+1 = 2 = EOS: stops at once
+  assert decoding.generated_ids(out[0], 2, eos) == [4, 5, 6]
+
+
+def test_retrieval_counts_identical_captions_as_hits_and_reports_chance():
+  captions = ["a", "b", "a", "c"]
+  image = np.eye(4)
+  text = np.eye(4)[[2, 1, 0, 3]]  # image 0 is closest to text 2, which has the same caption "a"
+  metrics = retrieval.retrieval_metrics(image, text, captions, ks=(1,))
+  assert metrics["img2txt_recall@1"] == 1.0
+  # chance: 2 of 4 texts are relevant for images 0 and 2, 1 of 4 for the others
+  np.testing.assert_allclose(metrics["chance/img2txt_recall@1"], (0.5 + 0.25 + 0.5 + 0.25) / 4)
+
+
+def test_chance_recall_matches_a_simulation():
+  rng = np.random.default_rng(0)
+  relevant = np.zeros((5, 6), bool)
+  relevant[np.arange(5), np.arange(5)] = True
+  relevant[0, 5] = True
+  hits = [retrieval.recall_at_k(rng.normal(size=(5, 6)), relevant, 2) for _ in range(4000)]
+  np.testing.assert_allclose(np.mean(hits), retrieval.chance_recall_at_k(relevant, 2), atol=0.01)
+
+
+def test_hardneg_caption_and_vqa_scores():
+  image = np.eye(3)
+  assert hardneg.hardneg_accuracy(image, np.eye(3), np.eye(3)[[1, 2, 0]]) == 1.0
+  scores = captioning.caption_scores([[5, 6], [5, 7]], [[5, 6], [5, 6]], eos_id=2)
+  assert scores["caption_exact_match"] == 0.5
+  np.testing.assert_allclose(scores["caption_token_accuracy"], 5 / 6)
+  v = vqa.vqa_scores(["two", "red", "yes"], ["two", "blue", "yes"], ["count", "color", "exists"])
+  np.testing.assert_allclose(v["vqa_accuracy"], 2 / 3)
+  assert v["vqa/color"] == 0.0 and v["chance/vqa/count"] == 1.0
