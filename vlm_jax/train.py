@@ -33,8 +33,9 @@ class TrainState(train_state.TrainState):
 def make_optimizer(config) -> optax.GradientTransformation:
   """AdamW with linear warmup then cosine decay to 0 over total_steps; decay only on matrices."""
   o = config.optimizer
+  warmup = min(o.warmup_steps, config.total_steps // 2)  # a short run still gets a decay phase
   schedule = optax.warmup_cosine_decay_schedule(
-      0.0, o.learning_rate, min(o.warmup_steps, config.total_steps), config.total_steps, end_value=0.0)
+      0.0, o.learning_rate, warmup, config.total_steps, end_value=0.0)
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
   return optax.chain(
       optax.clip_by_global_norm(o.grad_clip_norm),

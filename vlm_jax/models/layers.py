@@ -109,15 +109,19 @@ class MultiHeadAttention(nn.Module):
       raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
     head_dim = width // self.num_heads
 
-    def projection(name):
-      return nn.DenseGeneral(
-          (self.num_heads, head_dim), dtype=self.dtype, name=name,
-          kernel_init=partitioned(nn.initializers.xavier_uniform(), ("embed", "heads", "kv")),
-          bias_init=partitioned(nn.initializers.zeros, ("heads", "kv")))
+    def projection(name, inputs):
+      """float[B, T, D] -> float[B, T, heads, head_dim]."""
+      kernel = self.param(f"{name}_kernel",
+                          partitioned(nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2)),
+                                      ("embed", "heads", "kv")),
+                          (inputs.shape[-1], self.num_heads, head_dim))
+      bias = self.param(f"{name}_bias", partitioned(nn.initializers.zeros, ("heads", "kv")),
+                        (self.num_heads, head_dim))
+      return jnp.einsum("btd,dhk->bthk", inputs.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
 
-    q = projection("query")(x)
-    k = projection("key")(context)
-    v = projection("value")(context)
+    q = projection("query", x)
+    k = projection("key", context)
+    v = projection("value", context)
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(head_dim).astype(self.dtype)
     if mask is not None:
       logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
@@ -125,10 +129,12 @@ class MultiHeadAttention(nn.Module):
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
     self.sow("intermediates", "attention_weights", weights)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
-    return nn.DenseGeneral(
-        width, axis=(-2, -1), dtype=self.dtype, name="out",
-        kernel_init=partitioned(nn.initializers.xavier_uniform(), ("heads", "kv", "embed")),
-        bias_init=partitioned(nn.initializers.zeros, ("embed",)))(out)
+    out_kernel = self.param("out_kernel",
+                            partitioned(nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2),
+                                        ("heads", "kv", "embed")),
+                            (self.num_heads, head_dim, width))
+    out_bias = self.param("out_bias", partitioned(nn.initializers.zeros, ("embed",)), (width,))
+    return jnp.einsum("bqhd,hde->bqe", out, out_kernel.astype(self.dtype)) + out_bias.astype(self.dtype)
 
 
 class TransformerBlock(nn.Module):
