@@ -18,6 +18,6 @@ def get_config(arg=None):
   config.model.text.depth = 3
   config.loss.contrastive = ""
   config.loss.caption_weight = 1.0
-  config.data.max_text_len = 32
+  config.data.max_text_len = 24
   config.eval.max_decode_len = 24
   return config

@@ -46,13 +46,6 @@ def relation_holds(example, text):
 
 
 @pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("data"))
-  pipeline.prepare_shapes(path, "tiny")
-  return path
-
-
-@pytest.fixture(scope="session")
 def data_config(data_dir):
   return ml_collections.ConfigDict(dict(
       name="shapes", builder_config="tiny", data_dir=data_dir, tokenizer="sentencepiece",

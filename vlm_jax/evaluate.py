@@ -16,9 +16,6 @@ from vlm_jax import decoding
 from vlm_jax.data import pipeline, tokenizer as tokenizer_lib
 from vlm_jax.evaluators import captioning, hardneg, retrieval, vqa
 
-CAPTION_PROMPT = "describe the image."
-
-
 def _batched(fn, arrays, batch_size: int):
   """Applies a jitted fn over the leading axis in fixed-size batches (the last one padded: one compile)."""
   n = len(arrays[0])
@@ -109,7 +106,7 @@ class Evaluator:
             embed_texts([negatives[i] for i in rows]))
         metrics[f"chance/hardneg/{kind}"] = 0.5
     if self.name in ("coca", "prefix_lm"):
-      prompt = CAPTION_PROMPT if self.name == "prefix_lm" else ""
+      prompt = pipeline.DESCRIBE_PROMPT if self.name == "prefix_lm" else ""
       tokens, lengths = self._prompts([prompt] * len(data["caption"]))
       predicted = self._generate(params, data["image"], tokens, lengths)
       metrics.update(captioning.caption_scores(predicted, self._reference_ids(data["caption"]),

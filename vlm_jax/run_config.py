@@ -39,16 +39,16 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict(dict(
       name="shapes", builder_config="default", data_dir="~/.cache/vlm_jax/datasets",
-      tokenizer="sentencepiece", image_size=32, max_text_len=24, vqa_caption_prob=0.2))
+      tokenizer="sentencepiece", image_size=32, max_text_len=16, vqa_caption_prob=0.2))
 
   c.model = ml_collections.ConfigDict(dict(
       name="two_tower", dtype="float32", embed_dim=128, vision_layer=-1,
       logit_scale_init=2.6592600, logit_bias_init=0.0))  # ln(1/0.07): CLIP's initial temperature
   c.model.vision = ml_collections.ConfigDict(dict(
-      patch_size=4, width=96, depth=4, num_heads=3, mlp_dim=384, posemb="sincos2d", cls_token=False,
+      patch_size=4, width=96, depth=3, num_heads=3, mlp_dim=256, posemb="sincos2d", cls_token=False,
       pool="gap"))
   c.model.text = ml_collections.ConfigDict(dict(
-      width=96, depth=3, num_heads=3, mlp_dim=384, tied_embedding=True))
+      width=96, depth=3, num_heads=3, mlp_dim=256, tied_embedding=True))
   c.model.multimodal = ml_collections.ConfigDict(dict(depth=2))
   c.model.projector = ml_collections.ConfigDict(dict(type="mlp", hidden_dim=0))
 
@@ -59,7 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.sharding = ml_collections.ConfigDict(dict(logical_axis_rules=list(DEFAULT_RULES)))
   c.eval = ml_collections.ConfigDict(dict(
       split="test", periodic_split="validation", extra_splits=("compositional",), batch_size=500,
-      max_decode_len=24))
+      max_decode_len=16))
   return c
 
 

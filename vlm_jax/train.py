@@ -183,9 +183,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         images_per_second = window_steps * config.batch_size / max(elapsed, 1e-9)
         eta = (config.total_steps - step) * elapsed / window_steps
         writer.write(step, {**metrics, "images_per_second": images_per_second})
-        first = " (includes compilation)" if step == start_step + 1 else ""
-        print(f"step {step}/{config.total_steps} | loss {metrics['loss']:.4f} | "
-              f"{images_per_second:.0f} img/s{first} | ETA {_format_duration(eta)}", flush=True)
+        speed = (f"compiled and ran in {elapsed:.1f} s" if step == start_step + 1 else
+                 f"{images_per_second:.0f} img/s | ETA {_format_duration(eta)}")
+        print(f"step {step}/{config.total_steps} | loss {metrics['loss']:.4f} | {speed}", flush=True)
         window_start, window_steps = time.time(), 0
       if step % config.checkpoint_every_steps == 0 or step == config.total_steps:
         run.checkpoints.save(step, state, run.data_iterator)

@@ -6,6 +6,7 @@ TensorFlow). Prepare with `download_and_prepare(file_format="array_record")` and
 """
 
 import dataclasses
+import os
 
 from etils import epath
 import tensorflow_datasets as tfds
@@ -83,5 +84,5 @@ def make_builder(data_dir: str, builder_config: str = "default") -> Shapes:
   """The Shapes builder for a config name, reading/writing under data_dir."""
   names = [c.name for c in Shapes.BUILDER_CONFIGS]
   if builder_config not in names:
-    raise UserError(f"unknown shapes builder config {builder_config!r}; expected one of {names}")
-  return Shapes(config=builder_config, data_dir=data_dir)
+    raise UserError(f"config.data.builder_config={builder_config!r} is not a shapes variant; expected one of {names}")
+  return Shapes(config=builder_config, data_dir=os.path.abspath(os.path.expanduser(data_dir)))

@@ -1,0 +1,143 @@
+"""End to end: a tiny run learns, resumes at the right step, and bad input fails with one clear line."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from vlm_jax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name: str):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def tiny(config, data_dir, **overrides):
+  """A model small enough to train in seconds on the tiny split, 8 simulated devices, batch 16."""
+  config.data.builder_config = "tiny"
+  config.data.data_dir = data_dir
+  config.batch_size = 16
+  config.model.vision.update(width=32, depth=1, num_heads=2, mlp_dim=64)
+  config.model.text.update(width=32, depth=1, num_heads=2, mlp_dim=64)
+  config.model.multimodal.depth = 1
+  config.model.embed_dim = 32
+  config.optimizer.learning_rate = 3e-3
+  config.optimizer.warmup_steps = 5
+  config.eval.batch_size = 64
+  config.eval.extra_splits = ()
+  for key, value in overrides.items():
+    setattr(config, key, value)
+  return config
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("name", ["shapes_clip", "shapes_coca", "shapes_llava"])
+def test_tiny_run_lowers_the_loss_and_writes_eval_json(name, data_dir, tmp_path):
+  config = tiny(load_config(name), data_dir, total_steps=40, log_every_steps=10, eval_every_steps=1000,
+                checkpoint_every_steps=40)
+  scores = train.train_and_evaluate(config, str(tmp_path))
+  losses = [m["loss"] for m in read_metrics(tmp_path) if "loss" in m]
+  assert losses[-1] < 0.8 * losses[0], losses
+  with open(tmp_path / "eval.json") as f:
+    written = json.load(f)
+  assert written["step"] == 40
+  expected = {"shapes_clip": ["img2txt_recall@1", "img2txt_recall@5", "txt2img_recall@1", "txt2img_recall@5",
+                              "hardneg/count", "hardneg/binding", "hardneg/left_right", "hardneg/above_below"],
+              "shapes_coca": ["img2txt_recall@1", "hardneg/count", "caption_exact_match", "caption_token_accuracy"],
+              "shapes_llava": ["vqa_accuracy", "caption_exact_match"]}[name]
+  for key in expected:
+    assert key in written and 0.0 <= written[key] <= 1.0, key
+  assert ("img2txt_recall@1" in written) == (name != "shapes_llava")  # keys a model cannot produce are absent
+  assert scores == {k: v for k, v in written.items() if k != "step"}
+  assert os.path.isdir(tmp_path / "checkpoints" / "40")
+  assert any(f.startswith("events") for f in os.listdir(tmp_path / "tensorboard"))
+
+
+def test_rerunning_resumes_from_the_latest_checkpoint_at_the_right_step(data_dir, tmp_path, capsys):
+  config = tiny(load_config("shapes_clip"), data_dir, total_steps=12, log_every_steps=4,
+                eval_every_steps=1000, checkpoint_every_steps=6)
+  train.train_and_evaluate(config, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["12", "6"]
+  config.total_steps = 20
+  train.train_and_evaluate(config, str(tmp_path))
+  assert f"resumed from {tmp_path}/checkpoints/12" in capsys.readouterr().out
+  steps = [m["step"] for m in read_metrics(tmp_path) if "loss" in m]
+  assert steps == [1, 4, 8, 12, 13, 16, 20]  # the second run's first logged step is 13, not 1
+  assert "20" in os.listdir(tmp_path / "checkpoints")
+
+
+def test_evaluate_restores_the_latest_checkpoint_and_matches_training(data_dir, tmp_path):
+  config = tiny(load_config("shapes_clip"), data_dir, total_steps=8, log_every_steps=4,
+                eval_every_steps=1000, checkpoint_every_steps=8)
+  trained = train.train_and_evaluate(config, str(tmp_path))
+  os.remove(tmp_path / "eval.json")
+  evaluated = train.evaluate_checkpoint(config, str(tmp_path))
+  assert evaluated == trained
+  assert os.path.exists(tmp_path / "eval.json")
+
+
+# --------------------------------------------------------------------------- bad input through the CLI
+
+
+def run_cli(module, *args):
+  env = {**os.environ, "PYTHONPATH": REPO}
+  return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env,
+                        cwd=REPO, timeout=300)
+
+
+def assert_one_clear_line(result, *needles):
+  assert result.returncode != 0
+  assert "Traceback" not in result.stderr, result.stderr
+  error_lines = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+  assert error_lines, result.stderr
+  for needle in needles:
+    assert needle in result.stderr, (needle, result.stderr)
+
+
+@pytest.mark.parametrize("override,needles", [
+    ("--config.no_such_key=1", ["no_such_key"]),
+    ("--config.batch_size=abc", ["batch_size"]),
+    ("--config.model.vision.patch_size=5", ["config.data.image_size=32", "patch_size=5"]),
+    ("--config.model.name=resnet", ["config.model.name='resnet'"]),
+    ("--config.data.name=imagenet", ["config.data.name='imagenet'"]),
+])
+def test_bad_config_fails_with_one_clear_line(override, needles, tmp_path):
+  result = run_cli("vlm_jax.train", "--config", "configs/shapes_clip.py", "--workdir", str(tmp_path / "w"),
+                   override)
+  assert_one_clear_line(result, *needles)
+
+
+def test_unwritable_workdir_fails_with_one_clear_line(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  result = run_cli("vlm_jax.train", "--config", "configs/shapes_clip.py", "--workdir", str(blocker / "run"))
+  assert_one_clear_line(result, "cannot be written", str(blocker / "run"))
+
+
+def test_workdir_of_another_model_is_refused_and_left_untouched(data_dir, tmp_path):
+  config = tiny(load_config("shapes_clip"), data_dir, total_steps=4, log_every_steps=4,
+                eval_every_steps=1000, checkpoint_every_steps=4)
+  train.train_and_evaluate(config, str(tmp_path))
+  before = {p: os.path.getmtime(os.path.join(r, p)) for r, _, fs in os.walk(tmp_path) for p in fs}
+  result = run_cli("vlm_jax.train", "--config", "configs/shapes_coca.py", "--workdir", str(tmp_path),
+                   f"--config.data.data_dir={data_dir}", "--config.data.builder_config=tiny")
+  assert_one_clear_line(result, "different model config", str(tmp_path))
+  after = {p: os.path.getmtime(os.path.join(r, p)) for r, _, fs in os.walk(tmp_path) for p in fs}
+  assert before == after
+
+
+def test_evaluate_without_checkpoints_fails_with_one_clear_line(tmp_path):
+  result = run_cli("vlm_jax.evaluate", "--config", "configs/shapes_clip.py", "--workdir", str(tmp_path))
+  assert_one_clear_line(result, "no checkpoints")
