@@ -121,3 +121,19 @@ def test_hardneg_caption_and_vqa_scores():
   v = vqa.vqa_scores(["two", "red", "yes"], ["two", "blue", "yes"], ["count", "color", "exists"])
   np.testing.assert_allclose(v["vqa_accuracy"], 2 / 3)
   assert v["vqa/color"] == 0.0 and v["chance/vqa/count"] == 1.0
+
+
+def test_chunked_sigmoid_loss_equals_the_dense_loss_in_value_and_gradient():
+  keys = jax.random.split(jax.random.key(0), 3)
+  normalize = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+  images = normalize(jax.random.normal(keys[0], (8, 6)))
+  texts = normalize(jax.random.normal(keys[1], (8, 6)))
+  tokens = jax.random.randint(keys[2], (8, 4), 3, 6).at[5].set(jnp.array([3, 4, 5, 3])).at[2].set(
+      jnp.array([3, 4, 5, 3]))  # rows 2 and 5 share a caption: positives off the diagonal too
+  args = (images, texts, jnp.log(10.0), -3.0)
+  dense = lambda i, t, s, b: losses.contrastive_sigmoid_loss(i, t, s, b, losses.same_text_mask(tokens))[0]
+  for chunks in (1, 2, 4, 8):
+    chunked = lambda i, t, s, b: losses.contrastive_sigmoid_loss_chunked(i, t, s, b, tokens, chunks)[0]
+    np.testing.assert_allclose(chunked(*args), dense(*args), rtol=1e-6)
+    for got, want in zip(jax.grad(chunked, argnums=(0, 1, 2, 3))(*args), jax.grad(dense, argnums=(0, 1, 2, 3))(*args)):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -22,6 +22,12 @@ class Checkpoints:
   def latest_step(self):
     return self.manager.latest_step()
 
+  def all_steps(self) -> list:
+    """Committed checkpoints only: orbax writes into a temporary directory and renames it when complete,
+    so a save cut short by a kill is never listed here."""
+    self.manager.reload()
+    return list(self.manager.all_steps())
+
   def save(self, step: int, state, data_iterator) -> None:
     args = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:

@@ -5,6 +5,7 @@ Library code never parses flags: this module turns them into calls of `train.tra
 """
 
 import functools
+import os
 import sys
 
 from absl import app, flags, logging
@@ -26,7 +27,12 @@ def _initialize_distributed():
   if FLAGS.coordinator_address or FLAGS.num_processes:
     if None in (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id):
       raise UserError("--coordinator_address, --num_processes and --process_id go together")
+    if jax.config.jax_platforms in (None, "", "cpu"):
+      # CPU processes need a collectives backend to talk to each other (GPUs use NCCL, TPUs their ICI).
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  elif os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("CLOUD_TPU_TASK_ID"):
+    jax.distributed.initialize()  # a TPU pod slice: every worker learns the topology from the metadata
 
 
 def _run(argv, command: str):

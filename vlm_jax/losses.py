@@ -47,6 +47,34 @@ def contrastive_sigmoid_loss(image_embedding, text_embedding, logit_scale, logit
                 "temperature_scale": jnp.exp(logit_scale), "logit_bias": logit_bias}
 
 
+def contrastive_sigmoid_loss_chunked(image_embedding, text_embedding, logit_scale, logit_bias, text_tokens,
+                                     num_chunks: int):
+  """The sigmoid loss with positives = same_text_mask(text_tokens), B x B/num_chunks logits at a time.
+
+  A scan over chunks of texts: with the batch sharded over D devices and num_chunks = D, each device holds
+  a [B/D, B/D] block of logits whatever D is, where the dense loss would materialise [B/D, B]. Equal to
+  `contrastive_sigmoid_loss(..., positives=same_text_mask(text_tokens))` in value and gradient.
+  """
+  n = image_embedding.shape[0]
+  if n % num_chunks:
+    raise ValueError(f"batch {n} is not divisible into {num_chunks} chunks")
+  chunk = n // num_chunks
+  scale = jnp.exp(logit_scale)
+  texts = text_embedding.reshape(num_chunks, chunk, -1)
+  tokens = text_tokens.reshape(num_chunks, chunk, -1)
+
+  def body(total, block):
+    text_block, token_block = block
+    logits = scale * image_embedding @ text_block.T + logit_bias  # [B, chunk]
+    positives = jnp.all(text_tokens[:, None, :] == token_block[None, :, :], axis=-1)
+    signs = jnp.where(positives, 1.0, -1.0)
+    return total + jnp.sum(jax.nn.log_sigmoid(signs * logits)), None
+
+  total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (texts, tokens))
+  loss = -total / n
+  return loss, {"contrastive_loss": loss, "temperature_scale": scale, "logit_bias": logit_bias}
+
+
 def next_token_loss(logits, targets, weights):
   """Mean cross-entropy over the tokens with weight 1 (padding and prompts weigh 0).
 
@@ -74,6 +102,10 @@ def compute_loss(loss_config, outputs, batch, pad_id: int):
     if loss_config.contrastive == "softmax":
       loss, m = contrastive_softmax_loss(outputs["image_embedding"], outputs["text_embedding"],
                                          outputs["logit_scale"], positives)
+    elif loss_config.contrastive == "sigmoid" and loss_config.sigmoid_chunks > 1:
+      loss, m = contrastive_sigmoid_loss_chunked(
+          outputs["image_embedding"], outputs["text_embedding"], outputs["logit_scale"], outputs["logit_bias"],
+          batch["text"], loss_config.sigmoid_chunks)
     elif loss_config.contrastive == "sigmoid":
       loss, m = contrastive_sigmoid_loss(outputs["image_embedding"], outputs["text_embedding"],
                                          outputs["logit_scale"], outputs["logit_bias"], positives)

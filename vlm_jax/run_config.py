@@ -36,13 +36,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every_steps = 500
   c.checkpoint_every_steps = 500
   c.keep_checkpoints = 2
+  c.grad_accum_steps = 1  # micro-batches per step (the batch is split, gradients averaged)
+  c.nonfinite = "stop"    # a NaN/Inf loss or gradient: "stop" the run naming the step, or "skip" the update
 
   c.data = ml_collections.ConfigDict(dict(
       name="shapes", builder_config="default", data_dir="~/.cache/vlm_jax/datasets",
-      tokenizer="sentencepiece", image_size=32, max_text_len=16, vqa_caption_prob=0.2))
+      tokenizer="sentencepiece", image_size=32, max_text_len=16, vqa_caption_prob=0.2,
+      canonical_caption_prob=0.4))
 
   c.model = ml_collections.ConfigDict(dict(
-      name="two_tower", dtype="float32", embed_dim=128, vision_layer=-1,
+      name="two_tower", dtype="float32", remat="", embed_dim=128, vision_layer=-1,
       logit_scale_init=2.6592600, logit_bias_init=0.0))  # ln(1/0.07): CLIP's initial temperature
   c.model.vision = ml_collections.ConfigDict(dict(
       patch_size=4, width=96, depth=3, num_heads=3, mlp_dim=256, posemb="sincos2d", cls_token=False,
@@ -52,9 +55,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.multimodal = ml_collections.ConfigDict(dict(depth=2))
   c.model.projector = ml_collections.ConfigDict(dict(type="mlp", hidden_dim=0))
 
-  c.loss = ml_collections.ConfigDict(dict(contrastive="softmax", contrastive_weight=1.0, caption_weight=0.0))
+  # sigmoid_chunks > 1: the SigLIP loss over that many chunks of texts (memory B x B/chunks); set it to
+  # the number of devices for per-device memory that does not grow with the device count.
+  c.loss = ml_collections.ConfigDict(dict(contrastive="softmax", contrastive_weight=1.0, caption_weight=0.0,
+                                          sigmoid_chunks=0))
   c.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=1e-3, warmup_steps=100, weight_decay=0.05, b1=0.9, b2=0.98, grad_clip_norm=1.0))
+      learning_rate=2e-3, warmup_steps=100, weight_decay=0.05, b1=0.9, b2=0.98, grad_clip_norm=1.0))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sharding = ml_collections.ConfigDict(dict(logical_axis_rules=list(DEFAULT_RULES)))
   c.eval = ml_collections.ConfigDict(dict(
@@ -74,10 +80,15 @@ def _positive(config, key):
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises UserError naming the config key for anything that would fail later, deep inside jax."""
   for key in ("total_steps", "batch_size", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
-              "keep_checkpoints", "data.image_size", "data.max_text_len", "model.vision.patch_size",
+              "keep_checkpoints", "grad_accum_steps", "data.image_size", "data.max_text_len", "model.vision.patch_size",
               "model.vision.width", "model.vision.depth", "model.vision.num_heads", "model.text.width",
               "model.text.num_heads", "model.embed_dim", "eval.batch_size"):
     _positive(config, key)
+  if config.batch_size % config.grad_accum_steps:
+    raise UserError(f"config.batch_size={config.batch_size} is not divisible by "
+                    f"config.grad_accum_steps={config.grad_accum_steps}")
+  if config.nonfinite not in ("stop", "skip"):
+    raise UserError(f"config.nonfinite={config.nonfinite!r}: expected 'stop' or 'skip'")
   if config.model.name not in MODEL_NAMES:
     raise UserError(f"config.model.name={config.model.name!r} is not a known model; expected one of {MODEL_NAMES}")
   if config.data.name not in DATASET_NAMES:

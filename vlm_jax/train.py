@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax.training import train_state
+from jax.experimental import multihost_utils
 
-from vlm_jax import checkpointing, losses, metrics_writer, run_config, sharding
+from vlm_jax import checkpointing, flops, losses, metrics_writer, preemption, run_config, sharding
 from vlm_jax import evaluate as evaluate_lib
 from vlm_jax.data import pipeline, tokenizer as tokenizer_lib
 from vlm_jax.errors import UserError
@@ -94,15 +95,51 @@ def create_train_state(model, tx, batch: dict, rng, mesh, rules):
   return nn.meta.unbox(state), shardings
 
 
-def make_train_step(model, config, pad_id: int, state_shardings, mesh):
-  def train_step(state, batch):
-    def loss_fn(params):
-      outputs, _ = model.apply({"params": params}, batch)
-      return losses.compute_loss(config.loss, outputs, batch, pad_id)
+def make_loss_and_grads(model, config, pad_id: int):
+  """(params, batch) -> (grads, metrics): the gradient of the config's objective on one batch.
 
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
-    metrics["grad_norm"] = optax.global_norm(grads)
-    return state.apply_gradients(grads=grads), metrics
+  With config.grad_accum_steps = k > 1 the batch is split into k micro-batches whose gradients are
+  averaged (a scan, so activations of one micro-batch are live at a time). Contrastive losses then see
+  only their micro-batch as negatives: a smaller effective contrastive batch, the usual price.
+  """
+  def loss_fn(params, batch):
+    outputs, _ = model.apply({"params": params}, batch)
+    return losses.compute_loss(config.loss, outputs, batch, pad_id)
+
+  grad_fn = jax.grad(loss_fn, has_aux=True)
+  k = config.grad_accum_steps
+  if k == 1:
+    return grad_fn
+
+  def accumulated(params, batch):
+    micro = jax.tree.map(lambda x: x.reshape(k, x.shape[0] // k, *x.shape[1:]), batch)
+
+    def body(total, micro_batch):
+      grads, metrics = grad_fn(params, micro_batch)
+      return jax.tree.map(jnp.add, total, (grads, metrics)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro)))
+    total, _ = jax.lax.scan(body, zeros, micro)
+    return jax.tree.map(lambda x: x / k, total)
+
+  return accumulated
+
+
+def make_train_step(model, config, pad_id: int, state_shardings, mesh):
+  """The jitted step: (state, batch) -> (state, metrics), the state donated and sharded as initialised.
+
+  A non-finite loss or gradient never reaches the parameters: the update is skipped in the graph and
+  metrics["finite"] is 0, so the host can stop (config.nonfinite="stop") or count it ("skip").
+  """
+  loss_and_grads = make_loss_and_grads(model, config, pad_id)
+
+  def train_step(state, batch):
+    grads, metrics = loss_and_grads(state.params, batch)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+    new_state = state.apply_gradients(grads=grads)
+    state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    return state, {**metrics, "grad_norm": grad_norm, "finite": finite}
 
   return jax.jit(train_step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                  out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
@@ -125,7 +162,10 @@ class Run:
     if config.batch_size % jax.process_count() or (config.batch_size // jax.process_count()) % jax.local_device_count():
       raise UserError(f"config.batch_size={config.batch_size} must be divisible by the {jax.device_count()} devices")
     data_dir = os.path.expanduser(config.data.data_dir)
-    pipeline.prepare_shapes(data_dir, config.data.builder_config)
+    if jax.process_index() == 0:  # one writer; the others wait for it
+      pipeline.prepare_shapes(data_dir, config.data.builder_config)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("vlm_jax: data prepared")
     self.tokenizer = tokenizer_lib.load_tokenizer(config.data.tokenizer, data_dir, config.data.builder_config)
     self.task = TASKS[config.model.name]
     self.model = build_model(config.model, vocab_size=self.tokenizer.vocab_size, max_len=config.data.max_text_len,
@@ -142,12 +182,21 @@ class Run:
     self.checkpoints = checkpointing.Checkpoints(self.workdir, config.keep_checkpoints)
 
   def restore_latest(self) -> int:
-    """Restores the newest checkpoint (state and data iterator); returns its step, 0 if none."""
-    step = self.checkpoints.latest_step()
-    if step is None:
-      return 0
-    self.state = self.checkpoints.restore(step, self.state, self.data_iterator)
-    return int(step)
+    """Restores the newest readable checkpoint (state and data iterator); returns its step, 0 if none.
+
+    A newest checkpoint that cannot be read (cut short, corrupted) is reported by name and skipped; the
+    one before it is restored. Nothing is deleted.
+    """
+    for step in sorted(self.checkpoints.all_steps(), reverse=True):
+      try:
+        self.state = self.checkpoints.restore(step, self.state, self.data_iterator)
+        return int(step)
+      except Exception as e:  # orbax/tensorstore raise many kinds for a damaged checkpoint
+        print(f"warning: checkpoint {self.checkpoints.directory}/{step} is unreadable "
+              f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); trying the previous one", flush=True)
+    if self.checkpoints.all_steps():
+      raise UserError(f"no readable checkpoint in {self.checkpoints.directory}; move it away to start afresh")
+    return 0
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -167,26 +216,48 @@ def train_and_evaluate(config, workdir: str) -> dict:
   print(f"model {config.model.name}: {n_params / 1e6:.2f}M parameters; mesh {dict(run.mesh.shape)}; "
         f"{config.total_steps} steps of batch {config.batch_size}", flush=True)
 
+  step_flops = flops.train_flops_per_step(config, run.tokenizer.vocab_size)
+  peak = flops.peak_flops_per_device(jax.devices()[0])
   train_step = make_train_step(run.model, config, run.tokenizer.pad_id, run.state_shardings, run.mesh)
   evaluator = evaluate_lib.Evaluator(run.model, config, run.tokenizer)
-  state, step = run.state, start_step
+  state, step, skipped = run.state, start_step, 0
   window_start, window_steps, train_start = time.time(), 0, time.time()
-  with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
+  stop = preemption.StopRequest()
+  with stop, jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
     while step < config.total_steps:
       batch = sharding.global_batch(next(run.data_iterator), run.mesh)
       state, metrics = train_step(state, batch)
       step += 1
       window_steps += 1
+      if not bool(metrics["finite"]):
+        skipped += 1
+        if config.nonfinite == "stop":
+          run.checkpoints.close()
+          raise UserError(f"non-finite loss or gradient at step {step} (loss {float(metrics['loss'])}); the update "
+                          f"was not applied and the last good checkpoint is kept ({run.checkpoints.latest_step()}); "
+                          "lower config.optimizer.learning_rate or set config.nonfinite='skip'")
       if step % config.log_every_steps == 0 or step == config.total_steps or step == start_step + 1:
         metrics = jax.device_get(metrics)
         elapsed = time.time() - window_start
         images_per_second = window_steps * config.batch_size / max(elapsed, 1e-9)
         eta = (config.total_steps - step) * elapsed / window_steps
-        writer.write(step, {**metrics, "images_per_second": images_per_second})
+        tflops = window_steps * step_flops / max(elapsed, 1e-9) / jax.device_count() / 1e12
+        writer.write(step, {**metrics, "images_per_second": images_per_second,
+                            "tokens_per_second": images_per_second * flops.tokens_per_example(config),
+                            "tflops_per_device": tflops, "mfu": tflops * 1e12 / peak, "skipped_steps": skipped,
+                            "truncated_texts": pipeline.TRUNCATIONS.truncated})
         speed = (f"compiled and ran in {elapsed:.1f} s" if step == start_step + 1 else
-                 f"{images_per_second:.0f} img/s | ETA {_format_duration(eta)}")
+                 f"{images_per_second:.0f} img/s | {tflops:.3f} TFLOP/s/device | MFU {tflops * 1e12 / peak:.1%} | "
+                 f"ETA {_format_duration(eta)}")
         print(f"step {step}/{config.total_steps} | loss {metrics['loss']:.4f} | {speed}", flush=True)
         window_start, window_steps = time.time(), 0
+      if stop.agreed():
+        run.checkpoints.save(step, state, run.data_iterator)
+        run.checkpoints.close()
+        print(f"stopped by {stop.signal_name} at step {step}: checkpoint saved in {run.checkpoints.directory}/{step}; "
+              "run the same command to resume", flush=True)
+        writer.close()
+        return None
       if step % config.checkpoint_every_steps == 0 or step == config.total_steps:
         run.checkpoints.save(step, state, run.data_iterator)
       if step % config.eval_every_steps == 0 and step < config.total_steps:

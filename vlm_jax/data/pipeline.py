@@ -165,10 +165,16 @@ def make_vqa_prompt(tokenizer: Tokenizer, question: str, max_len: int) -> np.nda
   return np.asarray(ids[:max_len - 1], np.int32)
 
 
-def _contrastive_features(example: dict, rng: np.random.Generator, tokenizer, max_len: int):
-  """A uniformly chosen true caption ('text') and the canonical caption ('caption')."""
+def _contrastive_features(example: dict, rng: np.random.Generator, tokenizer, max_len: int,
+                          canonical_prob: float = 0.0):
+  """A true caption ('text') and the canonical caption ('caption').
+
+  'text' is the canonical caption with probability canonical_prob, else uniformly one of all the true
+  captions (canonical, count, relations): the mix decides which skills the contrastive towers practise.
+  """
   captions = example["captions"]
-  text, text_cut = tokenize(tokenizer, captions[rng.integers(len(captions))], max_len)
+  chosen = example["caption"] if rng.random() < canonical_prob else captions[rng.integers(len(captions))]
+  text, text_cut = tokenize(tokenizer, chosen, max_len)
   caption, caption_cut = tokenize(tokenizer, example["caption"], max_len)
   TRUNCATIONS.add(text_cut)
   TRUNCATIONS.add(caption_cut)
@@ -193,7 +199,8 @@ def _features(raw: dict, rng: np.random.Generator, *, task: str, tokenizer, data
   """One training example of `task` as numpy arrays from a decoded example; rng is grain's per-(seed, index) generator."""
   example = {**raw, "image": image_to_float(raw["image"])}
   if task == "contrastive_caption":
-    return _contrastive_features(example, rng, tokenizer, data_config.max_text_len)
+    return _contrastive_features(example, rng, tokenizer, data_config.max_text_len,
+                                 data_config.get("canonical_caption_prob", 0.0))
   return _vqa_features(example, rng, tokenizer, data_config.max_text_len,
                        data_config.vqa_caption_prob)
 

@@ -21,38 +21,41 @@ def _dtype(config):
   return DTYPES[config.dtype]
 
 
-def build_vit(vision: ml_collections.ConfigDict, dtype) -> ViT:
+def build_vit(vision: ml_collections.ConfigDict, dtype, remat: str = "") -> ViT:
   return ViT(patch_size=vision.patch_size, width=vision.width, depth=vision.depth,
              num_heads=vision.num_heads, mlp_dim=vision.mlp_dim, posemb=vision.posemb,
-             cls_token=vision.cls_token, pool=vision.pool, dtype=dtype)
+             cls_token=vision.cls_token, pool=vision.pool, remat=remat, dtype=dtype)
 
 
-def build_text(text: ml_collections.ConfigDict, vocab_size: int, max_len: int, dtype, **kwargs) -> TextTransformer:
+def build_text(text: ml_collections.ConfigDict, vocab_size: int, max_len: int, dtype, remat: str = "",
+               **kwargs) -> TextTransformer:
   return TextTransformer(vocab_size=vocab_size, width=text.width, depth=text.depth,
-                         num_heads=text.num_heads, mlp_dim=text.mlp_dim, max_len=max_len, dtype=dtype,
-                         **kwargs)
+                         num_heads=text.num_heads, mlp_dim=text.mlp_dim, max_len=max_len, remat=remat,
+                         dtype=dtype, **kwargs)
 
 
 def build_model(config: ml_collections.ConfigDict, *, vocab_size: int, max_len: int, eos_id: int, pad_id: int):
   """config: the `model` section of a run config."""
-  dtype = _dtype(config)
-  vision = build_vit(config.vision, dtype)
+  dtype, remat = _dtype(config), config.remat
+  if remat and remat not in ("full", "dots"):
+    raise UserError(f"config.model.remat={remat!r}: expected '', 'full' or 'dots'")
+  vision = build_vit(config.vision, dtype, remat)
   if config.name == "two_tower":
     return TwoTower(vision=vision,
-                    text=build_text(config.text, vocab_size, max_len, dtype, pool_eos_id=eos_id, pad_id=pad_id),
+                    text=build_text(config.text, vocab_size, max_len, dtype, remat, pool_eos_id=eos_id, pad_id=pad_id),
                     embed_dim=config.embed_dim, scale_init=config.logit_scale_init,
                     bias_init=config.logit_bias_init, dtype=dtype)
   if config.name == "coca":
     return CoCa(vision=vision,
-                unimodal=build_text(config.text, vocab_size, max_len, dtype, append_cls=True, pad_id=pad_id),
+                unimodal=build_text(config.text, vocab_size, max_len, dtype, remat, append_cls=True, pad_id=pad_id),
                 multimodal=MultimodalDecoder(vocab_size, config.multimodal.depth, config.text.num_heads,
-                                             config.text.mlp_dim, dtype),
+                                             config.text.mlp_dim, remat, dtype),
                 embed_dim=config.embed_dim, scale_init=config.logit_scale_init,
                 bias_init=config.logit_bias_init, dtype=dtype)
   if config.name == "prefix_lm":
     return PrefixLM(vision=vision,
                     projector=Projector(config.text.width, config.projector.type, config.projector.hidden_dim, dtype),
-                    decoder=build_text(config.text, vocab_size, max_len, dtype, compute_logits=True,
+                    decoder=build_text(config.text, vocab_size, max_len, dtype, remat, compute_logits=True,
                                        tied_embedding=config.text.tied_embedding, pad_id=pad_id),
                     vision_layer=config.vision_layer, dtype=dtype)
   raise UserError(f"config.model.name={config.name!r} is not a known model; expected one of {MODEL_NAMES}")

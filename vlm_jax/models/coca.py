@@ -19,12 +19,13 @@ class MultimodalDecoder(nn.Module):
   depth: int = 2
   num_heads: int = 3
   mlp_dim: int = 384
+  remat: str = ""
   dtype: layers.Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, image_tokens):
     x, out = layers.Transformer(self.depth, self.num_heads, self.mlp_dim, cross_attention_every=1,
-                                dtype=self.dtype, name="transformer")(
+                                remat=self.remat, dtype=self.dtype, name="transformer")(
                                     x, mask=layers.causal_mask(x.shape[1]), context=image_tokens)
     x = layers.layer_norm("final_norm", self.dtype)(x)
     return layers.dense(self.vocab_size, ("embed", "vocab"), self.dtype, "logits")(x), out

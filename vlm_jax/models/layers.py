@@ -78,6 +78,10 @@ def prefix_lm_mask(prefix_len: jnp.ndarray, length: int) -> jnp.ndarray:
 # ---------------------------------------------------------------------------------------------------------
 
 
+# Rematerialisation: trade recomputation in the backward pass for activation memory.
+REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims}
+
+
 class MlpBlock(nn.Module):
   """Dense -> activation -> Dense, back to the input width."""
   mlp_dim: int
@@ -171,15 +175,21 @@ class Transformer(nn.Module):
   cross_attention_every: int = 0
   activation: str = "gelu"
   layer_norm_eps: float = 1e-6
+  remat: str = ""  # "": keep activations; "full": recompute each block; "dots": keep only matmul outputs
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, mask=None, context=None, context_mask=None):
     out = {}
+    block = TransformerBlock
+    if self.remat:
+      if self.remat not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {self.remat!r}; expected one of {sorted(REMAT_POLICIES)}")
+      block = nn.remat(TransformerBlock, policy=REMAT_POLICIES[self.remat])
     for i in range(self.depth):
       # Counted from the top, so "every 2nd" includes the last block, the one that feeds the output.
       cross = self.cross_attention_every > 0 and (self.depth - 1 - i) % self.cross_attention_every == 0
-      x = TransformerBlock(
+      x = block(
           self.num_heads, self.mlp_dim, cross_attention=cross, activation=self.activation,
           layer_norm_eps=self.layer_norm_eps, dtype=self.dtype, name=f"block_{i:02d}")(
               x, mask=mask, context=context, context_mask=context_mask)

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 
 from vlm_jax.models import layers
 
+POOL_AT = ("eos", "max_id", "last")
+
 
 def eos_positions(tokens: jnp.ndarray, eos_id: int) -> jnp.ndarray:
   """int[B]: index of the first EOS token of each row (the tokenizer always keeps one)."""
@@ -22,7 +24,10 @@ class TextTransformer(nn.Module):
   """Returns (logits float[B, T, V] or None, out).
 
   out: "hidden" float[B, T, D] after the final LayerNorm (text positions only), "block_NN",
-  "pooled" float[B, D] when `pool_eos_id` is set or `append_cls` (the CLS output).
+  "pooled" float[B, D] when `pool_eos_id` is set, `append_cls` (the CLS output) or `pool_at` is
+  "max_id" (the position of the largest token id: HF CLIP's rule for legacy configs whose EOS is the
+  largest id) or "last" (the last position: SigLIP, trained on fixed-length padded text).
+  `causal=False` lets every text token attend every other one, padding included (SigLIP's text tower).
   """
   vocab_size: int
   width: int = 96
@@ -35,9 +40,12 @@ class TextTransformer(nn.Module):
   tied_embedding: bool = True
   append_cls: bool = False
   pool_eos_id: int = -1  # >= 0: pool the hidden state at the first occurrence of this token.
+  pool_at: str = "eos"  # one of POOL_AT; "eos" pools only when pool_eos_id >= 0.
+  causal: bool = True
   pad_id: int = 0
   activation: str = "gelu"
   layer_norm_eps: float = 1e-6
+  remat: str = ""
   dtype: layers.Dtype = jnp.float32
 
   def setup(self):
@@ -52,7 +60,7 @@ class TextTransformer(nn.Module):
                             (self.width,))
     self.transformer = layers.Transformer(
         self.depth, self.num_heads, self.mlp_dim, cross_attention_every=self.cross_attention_every,
-        activation=self.activation, layer_norm_eps=self.layer_norm_eps, dtype=self.dtype)
+        activation=self.activation, layer_norm_eps=self.layer_norm_eps, remat=self.remat, dtype=self.dtype)
     self.final_norm = layers.layer_norm("final_norm", self.dtype, self.layer_norm_eps)
     if self.compute_logits and not self.tied_embedding:
       self.logits_dense = layers.dense(self.vocab_size, ("embed", "vocab"), self.dtype, "logits")
@@ -81,7 +89,7 @@ class TextTransformer(nn.Module):
       mask = jnp.where(is_cls_row, not_pad[:, None, None, :], causal)
     else:
       p = 0
-      mask = layers.causal_mask(t)
+      mask = layers.causal_mask(t) if self.causal else None
 
     x, blocks = self.transformer(x, mask=mask, context=image_tokens)
     out.update(blocks)
@@ -91,7 +99,13 @@ class TextTransformer(nn.Module):
       x = x[:, :t]
     x = x[:, p:]
     out["hidden"] = x
-    if self.pool_eos_id >= 0:
+    if self.pool_at not in POOL_AT:
+      raise ValueError(f"unknown pool_at {self.pool_at!r}; expected one of {POOL_AT}")
+    if self.pool_at == "max_id":
+      out["pooled"] = x[jnp.arange(b), jnp.argmax(tokens, axis=-1)]
+    elif self.pool_at == "last":
+      out["pooled"] = x[:, -1]
+    elif self.pool_eos_id >= 0:
       out["pooled"] = x[jnp.arange(b), eos_positions(tokens, self.pool_eos_id)]
 
     logits = None

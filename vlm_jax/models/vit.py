@@ -11,7 +11,7 @@ import numpy as np
 from vlm_jax.models import layers
 
 POOL_TYPES = ("cls", "gap", "map", "none")
-POSEMB_TYPES = ("sincos2d", "learned")
+POSEMB_TYPES = ("sincos2d", "learned", "learned_with_cls")
 
 
 def posemb_sincos_2d(height: int, width: int, dim: int, temperature: float = 10_000.0) -> np.ndarray:
@@ -46,10 +46,16 @@ def patchify(images: jnp.ndarray, patch_size: int) -> jnp.ndarray:
 
 
 class MAPHead(nn.Module):
-  """Multihead attention pooling: a learned probe token cross-attends the tokens, then an MLP."""
+  """Multihead attention pooling: a learned probe token cross-attends the tokens, then an MLP.
+
+  probe -> MHA(probe, tokens) = a -> a + MLP(LN(a)); the same order as HF's
+  SiglipMultiheadAttentionPoolingHead (its residual is taken after the attention, not before).
+  """
   num_heads: int
   mlp_dim: int
   dtype: layers.Dtype = jnp.float32
+  activation: str = "gelu"
+  layer_norm_eps: float = 1e-6
 
   @nn.compact
   def __call__(self, x):
@@ -58,8 +64,8 @@ class MAPHead(nn.Module):
                        (1, 1, d))
     probe = jnp.tile(probe.astype(self.dtype), (b, 1, 1))
     x = layers.MultiHeadAttention(self.num_heads, self.dtype, name="attention")(probe, context=x)
-    y = layers.layer_norm("norm", self.dtype)(x)
-    x = x + layers.MlpBlock(self.mlp_dim, dtype=self.dtype, name="mlp")(y)
+    y = layers.layer_norm("norm", self.dtype, self.layer_norm_eps)(x)
+    x = x + layers.MlpBlock(self.mlp_dim, self.activation, self.dtype, name="mlp")(y)
     return x[:, 0]
 
 
@@ -68,6 +74,10 @@ class ViT(nn.Module):
 
   out holds named intermediates: "patches", "stem" (patch embeddings before positions), "block_NN",
   "encoded" (all tokens after the final LayerNorm), "pre_logits" (the pooled output).
+
+  posemb="learned_with_cls" (needs cls_token) is HF CLIP's table float[1 + N, D]: row 0 is the CLS
+  position, added after the CLS token is prepended. With pool="cls" the final LayerNorm on the CLS row
+  is exactly CLIP's `post_layernorm` on the pooled output (LayerNorm acts on each token alone).
   """
   patch_size: int = 4
   width: int = 96
@@ -80,6 +90,7 @@ class ViT(nn.Module):
   activation: str = "gelu"
   layer_norm_eps: float = 1e-6
   pre_norm: bool = False  # CLIP's `pre_layrnorm` on the embedded tokens before the blocks.
+  remat: str = ""
   dtype: layers.Dtype = jnp.float32
 
   @nn.compact
@@ -103,6 +114,9 @@ class ViT(nn.Module):
                          layers.partitioned(nn.initializers.normal(0.02), ("position", "embed")),
                          (grid_h * grid_w, self.width))
       x = x + table.astype(self.dtype)[None]
+    elif self.posemb == "learned_with_cls":
+      if not self.cls_token:
+        raise ValueError("posemb='learned_with_cls' needs cls_token=True")
     else:
       raise ValueError(f"unknown posemb {self.posemb!r}; expected one of {POSEMB_TYPES}")
 
@@ -110,12 +124,17 @@ class ViT(nn.Module):
       cls = self.param("cls", layers.partitioned(nn.initializers.zeros, (None, None, "embed")),
                        (1, 1, self.width))
       x = jnp.concatenate([jnp.tile(cls.astype(self.dtype), (x.shape[0], 1, 1)), x], axis=1)
+    if self.posemb == "learned_with_cls":
+      table = self.param("pos_embedding",
+                         layers.partitioned(nn.initializers.normal(0.02), ("position", "embed")),
+                         (1 + grid_h * grid_w, self.width))
+      x = x + table.astype(self.dtype)[None]
 
     if self.pre_norm:
       x = layers.layer_norm("pre_norm", self.dtype, self.layer_norm_eps)(x)
     x, blocks = layers.Transformer(
         self.depth, self.num_heads, self.mlp_dim, activation=self.activation,
-        layer_norm_eps=self.layer_norm_eps, dtype=self.dtype, name="encoder")(x)
+        layer_norm_eps=self.layer_norm_eps, remat=self.remat, dtype=self.dtype, name="encoder")(x)
     out.update(blocks)
     x = layers.layer_norm("encoder_norm", self.dtype, self.layer_norm_eps)(x)
     out["encoded"] = x
@@ -125,7 +144,8 @@ class ViT(nn.Module):
     elif self.pool == "gap":
       pooled = jnp.mean(x[:, 1:] if self.cls_token else x, axis=1)
     elif self.pool == "map":
-      pooled = MAPHead(self.num_heads, self.mlp_dim, self.dtype, name="map_head")(x)
+      pooled = MAPHead(self.num_heads, self.mlp_dim, self.dtype, self.activation, self.layer_norm_eps,
+                       name="map_head")(x)
     else:
       pooled = x
     out["pre_logits"] = pooled

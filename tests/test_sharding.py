@@ -1,0 +1,203 @@
+"""Sharded training equals single-device training; parameters are really sharded; FLOPs by hand."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import SingleDeviceSharding
+
+from vlm_jax import flops, sharding, train
+from vlm_jax.errors import UserError
+from vlm_jax.models import build_model
+from vlm_jax.run_config import base_config
+
+VOCAB = 64
+
+
+def tiny_config(name="coca", contrastive="softmax", **mesh):
+  config = base_config()
+  config.model.name = name
+  config.loss.contrastive = contrastive
+  config.loss.caption_weight = 2.0 if name != "two_tower" else 0.0
+  config.model.vision.update(width=32, depth=2, num_heads=2, mlp_dim=64)
+  config.model.text.update(width=32, depth=1, num_heads=2, mlp_dim=64)
+  config.model.multimodal.depth = 1
+  config.model.embed_dim = 16
+  config.data.image_size = 16
+  config.data.max_text_len = 8
+  config.batch_size = 16
+  config.mesh.update(mesh)
+  return config
+
+
+def random_batch(config, seed=0):
+  rng = np.random.default_rng(seed)
+  b, t = config.batch_size, config.data.max_text_len
+  text = rng.integers(3, VOCAB, (b, t)).astype(np.int32)
+  text[:, 0], text[:, -1] = 1, 2
+  return {"image": rng.normal(size=(b, 16, 16, 3)).astype(np.float32), "text": text, "caption": text.copy()}
+
+
+def sharded_run(config, steps=2):
+  """Initial params, and per step (loss, grads) through the real sharded train step machinery."""
+  model = build_model(config.model, vocab_size=VOCAB, max_len=config.data.max_text_len, eos_id=2, pad_id=0)
+  mesh = sharding.make_mesh(config.mesh)
+  rules = sharding.logical_rules(config)
+  sample = train.sample_batch("contrastive_caption", 2, 16, config.data.max_text_len)
+  state, shardings = train.create_train_state(model, train.make_optimizer(config), sample, jax.random.key(0),
+                                              mesh, rules)
+  params0 = jax.device_get(state.params)
+  grads_fn = jax.jit(train.make_loss_and_grads(model, config, 0),
+                     in_shardings=(shardings.params, sharding.batch_sharding(mesh)))
+  step_fn = train.make_train_step(model, config, 0, shardings, mesh)
+  results = []
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    for i in range(steps):
+      batch = sharding.global_batch(random_batch(config, i), mesh)
+      grads, metrics = grads_fn(state.params, batch)
+      results.append((float(metrics["loss"]), jax.device_get(grads)))
+      state, _ = step_fn(state, batch)
+  return params0, results, state
+
+
+def single_device_run(config, params, steps=2):
+  """The reference: no mesh, everything on one device, plain jit."""
+  model = build_model(config.model, vocab_size=VOCAB, max_len=config.data.max_text_len, eos_id=2, pad_id=0)
+  tx = train.make_optimizer(config)
+  state = train.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+  grads_fn = jax.jit(train.make_loss_and_grads(model, config, 0))
+  results = []
+  for i in range(steps):
+    batch = random_batch(config, i)
+    grads, metrics = grads_fn(state.params, batch)
+    results.append((float(metrics["loss"]), jax.device_get(grads)))
+    state = state.apply_gradients(grads=grads)
+  return results
+
+
+@pytest.mark.parametrize("mesh", [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 4, 2)])
+def test_sharded_losses_and_gradients_equal_the_single_device_run(mesh):
+  config = tiny_config(**dict(zip(("data", "fsdp", "tensor"), mesh)))
+  params0, sharded, _ = sharded_run(config)
+  reference = single_device_run(config, jax.device_put(params0, jax.devices()[0]))
+  for (loss, grads), (ref_loss, ref_grads) in zip(sharded, reference):
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), grads, ref_grads)
+
+
+def test_large_parameters_are_split_over_fsdp_and_tensor():
+  config = tiny_config(data=1, fsdp=4, tensor=2)
+  _, _, state = sharded_run(config, steps=1)
+  for path, param in jax.tree_util.tree_leaves_with_path(state.params):
+    name = jax.tree_util.keystr(path)
+    if param.ndim == 2 and "fc1" in name and "mlp" in name:  # [embed, mlp] kernels: fsdp x tensor
+      shard_bytes = param.addressable_shards[0].data.nbytes
+      assert shard_bytes == param.nbytes // 8, name
+  # Adam's moments are sharded like the parameters they belong to.
+  mu = state.opt_state[1][0].mu
+  kernel = mu["vision"]["encoder"]["block_00"]["mlp"]["fc1"]["kernel"]
+  assert kernel.addressable_shards[0].data.nbytes == kernel.nbytes // 8
+
+
+def test_chunked_sigmoid_loss_trains_like_the_dense_one_on_a_mesh():
+  dense = tiny_config(name="two_tower", contrastive="sigmoid", data=2, fsdp=2, tensor=2)
+  chunked = tiny_config(name="two_tower", contrastive="sigmoid", data=2, fsdp=2, tensor=2)
+  chunked.loss.sigmoid_chunks = 8
+  _, dense_results, _ = sharded_run(dense, steps=1)
+  _, chunked_results, _ = sharded_run(chunked, steps=1)
+  np.testing.assert_allclose(chunked_results[0][0], dense_results[0][0], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               chunked_results[0][1], dense_results[0][1])
+
+
+def test_gradient_accumulation_equals_the_full_batch_for_a_per_example_loss():
+  config = tiny_config(name="prefix_lm", contrastive="", data=8)
+  config.loss.caption_weight = 1.0
+  model = build_model(config.model, vocab_size=VOCAB, max_len=8, eos_id=2, pad_id=0)
+  batch = random_batch(config)
+  del batch["caption"]
+  batch["prefix_len"] = np.full((16,), 3, np.int32)
+  params = model.init(jax.random.key(0), batch)["params"]
+  full = train.make_loss_and_grads(model, config, 0)(params, batch)
+  config.grad_accum_steps = 4
+  accumulated = train.make_loss_and_grads(model, config, 0)(params, batch)
+  # Every micro-batch has the same number of answer tokens, so the mean of means is the mean.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), accumulated[0], full[0])
+
+
+def test_mesh_that_does_not_fit_the_devices_is_a_clear_error():
+  with pytest.raises(UserError, match="needs 12 devices, but 8 are available"):
+    sharding.mesh_shape({"data": 3, "fsdp": 4, "tensor": 1}, 8)
+  with pytest.raises(UserError, match="not divisible"):
+    sharding.mesh_shape({"data": -1, "fsdp": 3, "tensor": 1}, 8)
+  assert sharding.mesh_shape({"data": -1, "fsdp": 2, "tensor": 2}, 8) == (2, 2, 2)
+
+
+def test_flop_count_matches_a_hand_count_for_a_tiny_two_tower():
+  config = base_config()
+  config.model.vision.update(patch_size=4, width=8, depth=1, num_heads=2, mlp_dim=16, pool="gap", cls_token=False)
+  config.model.text.update(width=8, depth=1, num_heads=2, mlp_dim=16)
+  config.model.embed_dim = 4
+  config.data.image_size = 8
+  config.data.max_text_len = 3
+  config.batch_size = 2
+  # Vision: 4 patches of 48 values. Embedding 2*4*48*8 = 3072. Block: QKVO 4 * 2*4*8*8 = 2048,
+  # scores + AV 2 * 2*4*4*8 = 512, MLP 2 * 2*4*8*16 = 2048 -> 4608. Total 7680.
+  # Text: 3 tokens. QKVO 4 * 2*3*8*8 = 1536, scores + AV 2 * 2*3*3*8 = 288, MLP 2 * 2*3*8*16 = 1536 -> 3360.
+  # Projections 2*8*4 * 2 = 128; contrastive logits: this example's row, 2 * B * E = 16.
+  forward = 7680 + 3360 + 128 + 16
+  assert flops.train_flops_per_step(config, vocab_size=10) == 3 * forward * 2
+  assert flops.train_flops_per_step(config, 10, multipliers={"vision": 1}) == (3 * forward - 2 * 7680) * 2
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_together_and_their_checkpoint_restores_on_another_mesh(data_dir, tmp_path):
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  port = _free_port()
+  env = {**os.environ, "PYTHONPATH": repo, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  workdir = tmp_path / "run"
+  args = ["--config", os.path.join(repo, "configs/shapes_clip.py"), "--workdir", str(workdir),
+          f"--config.data.data_dir={data_dir}", "--config.data.builder_config=tiny", "--config.total_steps=4",
+          "--config.batch_size=16", "--config.log_every_steps=1", "--config.checkpoint_every_steps=4",
+          "--config.eval_every_steps=100", "--config.model.vision.width=32", "--config.model.vision.depth=1",
+          "--config.model.vision.num_heads=2", "--config.model.text.width=32", "--config.model.text.depth=1",
+          "--config.model.text.num_heads=2", "--config.mesh.fsdp=2", f"--coordinator_address=127.0.0.1:{port}",
+          "--num_processes=2", "--config.eval.extra_splits=()", "--config.eval.batch_size=64"]
+  procs = [subprocess.Popen([sys.executable, "-m", "vlm_jax.train", *args, f"--process_id={i}"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  outputs = [p.communicate(timeout=400)[0] for p in procs]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out[-3000:]
+  losses = [[line.split("|")[1] for line in out.splitlines() if line.startswith("step ")] for out in outputs]
+  assert len(losses[0]) == 4 and losses[0] == losses[1]
+
+  # One process, 8 devices, mesh (2, 2, 2): the 4-device checkpoint restores and evaluates.
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("clip", os.path.join(repo, "configs/shapes_clip.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.data.update(data_dir=data_dir, builder_config="tiny")
+  config.update(total_steps=4, batch_size=16, log_every_steps=1, checkpoint_every_steps=4, eval_every_steps=100)
+  config.model.vision.update(width=32, depth=1, num_heads=2)
+  config.model.text.update(width=32, depth=1, num_heads=2)
+  config.mesh.update(data=2, fsdp=2, tensor=2)
+  config.eval.update(extra_splits=(), batch_size=64)
+  run = train.Run(config, str(workdir), for_training=False)
+  assert run.restore_latest() == 4
+  leaf = jax.tree.leaves(run.state.params)[0]
+  assert len(leaf.sharding.mesh.devices.flat) == 8
+  scores = train.evaluate_checkpoint(config, str(workdir))
+  assert 0.0 <= scores["img2txt_recall@1"] <= 1.0

@@ -1,0 +1,76 @@
+"""HF `LlamaForCausalLM` <-> vlm_jax.models.llama.Llama.
+
+Supported: the default rotary embedding (any rope_theta), grouped-query attention, optional attention and
+MLP biases, tied or separate output embedding, SiLU SwiGLU. Rotary scaling variants (llama3, linear,
+dynamic, yarn, ...) are refused with a UserError rather than silently computed wrong.
+"""
+
+from vlm_jax.errors import UserError
+from vlm_jax.models.llama import Llama
+from vlm_jax.pretrained import mapping
+from vlm_jax.pretrained.mapping import Link
+
+ARCHITECTURE = "LlamaForCausalLM"
+DEFAULTS = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                num_attention_heads=32, num_key_value_heads=None, hidden_act="silu", rms_norm_eps=1e-6,
+                tie_word_embeddings=False, attention_bias=False, mlp_bias=False, head_dim=None,
+                rope_parameters=None, rope_theta=None, rope_scaling=None)
+
+
+def _config(config: dict) -> dict:
+  """config.json completed with LlamaConfig's defaults; unsupported features raise UserError."""
+  c = {**DEFAULTS, **config}
+  c["num_key_value_heads"] = c["num_key_value_heads"] or c["num_attention_heads"]
+  c["head_dim"] = c["head_dim"] or c["hidden_size"] // c["num_attention_heads"]
+  # transformers >= 5 writes `rope_parameters`; older configs `rope_theta` and `rope_scaling`.
+  rope = dict(c["rope_parameters"] or c["rope_scaling"] or {})
+  rope_type = rope.get("rope_type", rope.get("type", "default"))
+  if rope_type != "default":
+    raise UserError(f"{ARCHITECTURE}: rope_type {rope_type!r} is not supported (only the default rotary "
+                    "embedding)")
+  c["rope_theta"] = float(rope.get("rope_theta") or c["rope_theta"] or 10_000.0)
+  if c["hidden_act"] != "silu":
+    raise UserError(f"{ARCHITECTURE}: hidden_act {c['hidden_act']!r} is not supported (only silu)")
+  return c
+
+
+def build(config: dict) -> Llama:
+  """The vlm_jax Llama computing what this LlamaForCausalLM config computes."""
+  c = _config(config)
+  return Llama(vocab_size=c["vocab_size"], width=c["hidden_size"], depth=c["num_hidden_layers"],
+               num_heads=c["num_attention_heads"], num_kv_heads=c["num_key_value_heads"],
+               head_dim=c["head_dim"], mlp_dim=c["intermediate_size"], rope_theta=c["rope_theta"],
+               norm_eps=c["rms_norm_eps"], attention_bias=c["attention_bias"], mlp_bias=c["mlp_bias"],
+               tied_embedding=c["tie_word_embeddings"])
+
+
+def links(config: dict) -> list:
+  """Every parameter of `build(config)` and its HF tensor."""
+  c = _config(config)
+  heads, kv_heads, bias = c["num_attention_heads"], c["num_key_value_heads"], c["attention_bias"]
+  out = [Link("model.embed_tokens.weight", ("token_embedding", "embedding"))]
+  for i in range(c["num_hidden_layers"]):
+    src, dst = f"model.layers.{i}", (f"block_{i:02d}",)
+    attention = dst + ("attention",)
+    out += [Link(f"{src}.input_layernorm.weight", dst + ("norm_attention", "scale"))]
+    out += mapping.heads_in(f"{src}.self_attn.q_proj", attention, "query", heads, bias=bias)
+    out += mapping.heads_in(f"{src}.self_attn.k_proj", attention, "key", kv_heads, bias=bias)
+    out += mapping.heads_in(f"{src}.self_attn.v_proj", attention, "value", kv_heads, bias=bias)
+    out += mapping.heads_out(f"{src}.self_attn.o_proj", attention, heads, bias=bias)
+    out += [Link(f"{src}.post_attention_layernorm.weight", dst + ("norm_mlp", "scale"))]
+    for name in ("gate", "up", "down"):
+      out += _linear(f"{src}.mlp.{name}_proj", dst + ("mlp", name), c["mlp_bias"])
+  out += [Link("model.norm.weight", ("final_norm", "scale"))]
+  if not c["tie_word_embeddings"]:
+    out += _linear("lm_head", ("logits",), bias=False)
+  return out
+
+
+def _linear(hf: str, path: tuple, bias: bool) -> list:
+  """A torch Linear whose flax Dense has no bias parameter at all when `bias` is False."""
+  return [link for link in mapping.linear(hf, path, bias) if bias or link.hf is not None]
+
+
+def export_config(config: dict, image_size=None) -> dict:
+  """config.json for the exported model: the imported one."""
+  return dict(config, architectures=[ARCHITECTURE])
