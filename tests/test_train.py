@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import optax
 import pytest
 
 from vlm_jax import train
@@ -141,3 +142,45 @@ def test_workdir_of_another_model_is_refused_and_left_untouched(data_dir, tmp_pa
 def test_evaluate_without_checkpoints_fails_with_one_clear_line(tmp_path):
   result = run_cli("vlm_jax.evaluate", "--config", "configs/shapes_clip.py", "--workdir", str(tmp_path))
   assert_one_clear_line(result, "no checkpoints")
+
+
+def test_llava_two_stages_freeze_what_they_should_and_chain_checkpoints(data_dir, tmp_path):
+  """Stage 1 trains only the projector (no optimizer state elsewhere); stage 2 starts from stage 1."""
+  import jax
+  import numpy as np
+  from vlm_jax import checkpointing
+
+  def small(config, steps):
+    config = tiny(config, data_dir, total_steps=steps, log_every_steps=steps, eval_every_steps=1000,
+                  checkpoint_every_steps=steps)
+    config.data.max_text_len = 24
+    return config
+
+  clip, lm = str(tmp_path / "clip"), str(tmp_path / "lm")
+  train.train_and_evaluate(small(load_config("shapes_clip"), 4), clip)
+  train.train_and_evaluate(small(load_config("shapes_lm"), 4), lm)
+  stage1 = small(load_config("llava_stage1"), 6)
+  stage1.init_from = (("vision", clip, "vision"), ("decoder", lm, "decoder"))
+  train.train_and_evaluate(stage1, str(tmp_path / "stage1"))
+
+  _, clip_params = checkpointing.read_params(clip)
+  _, lm_params = checkpointing.read_params(lm)
+  _, stage1_params = checkpointing.read_params(str(tmp_path / "stage1"))
+  same = lambda a, b: jax.tree.all(jax.tree.map(np.array_equal, a, b))
+  assert same(stage1_params["vision"], clip_params["vision"])  # loaded, then frozen
+  assert same(stage1_params["decoder"], lm_params["decoder"])
+  run = train.Run(stage1, str(tmp_path / "stage1"), for_training=False)
+  run.restore_latest()
+  adam_state = run.state.opt_state.inner_states
+  assert jax.tree.leaves(adam_state["frozen"]) == []  # set_to_zero keeps nothing for frozen params
+  moments = adam_state["trained"].inner_state[1][0].mu
+  trained_paths = {train.param_path(p) for p, x in jax.tree_util.tree_leaves_with_path(moments)
+                   if not isinstance(x, optax.MaskedNode)}
+  assert trained_paths and all(p.startswith("projector/") for p in trained_paths)
+
+  stage2 = small(load_config("llava_stage2"), 4)
+  stage2.init_from = (("", str(tmp_path / "stage1"), ""),)
+  train.train_and_evaluate(stage2, str(tmp_path / "stage2"))
+  _, stage2_params = checkpointing.read_params(str(tmp_path / "stage2"))
+  assert same(stage2_params["vision"], clip_params["vision"])  # still frozen
+  assert not same(stage2_params["decoder"], lm_params["decoder"])  # now trained

@@ -7,7 +7,11 @@ batches an uninterrupted run would have read.
 import os
 
 import grain
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+from vlm_jax.errors import UserError
 
 
 class Checkpoints:
@@ -47,3 +51,16 @@ class Checkpoints:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def read_params(workdir: str):
+  """(step, params as numpy arrays) of the latest checkpoint in another run's workdir, for initialising."""
+  directory = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints")
+  if not os.path.isdir(directory):
+    raise UserError(f"no checkpoints in {directory} to initialise from; train that run first")
+  with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False, read_only=True)) as manager:
+    step = manager.latest_step()
+    if step is None:
+      raise UserError(f"no checkpoint in {directory} to initialise from; train that run first")
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return step, jax.tree.map(np.asarray, restored["state"]["params"])

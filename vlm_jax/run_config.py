@@ -8,7 +8,7 @@ import ml_collections
 
 from vlm_jax.errors import UserError
 
-MODEL_NAMES = ("two_tower", "coca", "prefix_lm")
+MODEL_NAMES = ("two_tower", "coca", "prefix_lm", "causal_lm")
 DATASET_NAMES = ("shapes",)
 CONTRASTIVE_LOSSES = ("", "softmax", "sigmoid")
 
@@ -36,6 +36,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every_steps = 500
   c.checkpoint_every_steps = 500
   c.keep_checkpoints = 2
+  # Regexes over parameter paths ("vision/.*"): frozen parameters get no gradient and no optimizer state.
+  c.freeze = ()
+  # Start from other runs' latest checkpoints: (target subtree, other workdir, source subtree) triples,
+  # "" meaning all params, e.g. (("vision", "runs/shapes_clip", "vision"),). Used only on a fresh start.
+  c.init_from = ()
   c.grad_accum_steps = 1  # micro-batches per step (the batch is split, gradients averaged)
   c.nonfinite = "stop"    # a NaN/Inf loss or gradient: "stop" the run naming the step, or "skip" the update
 
@@ -105,8 +110,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
                     "sincos2d position embeddings")
   if config.loss.contrastive not in CONTRASTIVE_LOSSES:
     raise UserError(f"config.loss.contrastive={config.loss.contrastive!r}: expected one of {CONTRASTIVE_LOSSES}")
-  if config.model.name == "prefix_lm" and config.loss.contrastive:
-    raise UserError("config.loss.contrastive must be '' for model prefix_lm (it has no embeddings)")
+  if config.model.name in ("prefix_lm", "causal_lm") and config.loss.contrastive:
+    raise UserError(f"config.loss.contrastive must be '' for model {config.model.name} (it has no embeddings)")
+  for i, entry in enumerate(config.init_from):
+    if len(entry) != 3:
+      raise UserError(f"config.init_from[{i}]={entry!r}: expected (target subtree, workdir, source subtree)")
   if config.model.name == "two_tower" and not config.loss.contrastive:
     raise UserError("config.loss.contrastive must be 'softmax' or 'sigmoid' for model two_tower")
   if config.model.vision.pool == "cls" and not config.model.vision.cls_token:

@@ -5,9 +5,9 @@
 Re-running the same command resumes from the latest checkpoint in DIR/checkpoints/.
 """
 
-import functools
 import json
 import os
+import re
 import time
 
 import flax.linen as nn
@@ -24,23 +24,60 @@ from vlm_jax.data import pipeline, tokenizer as tokenizer_lib
 from vlm_jax.errors import UserError
 from vlm_jax.models import build_model
 
-TASKS = {"two_tower": "contrastive_caption", "coca": "contrastive_caption", "prefix_lm": "vqa"}
+TASKS = {"two_tower": "contrastive_caption", "coca": "contrastive_caption", "prefix_lm": "vqa",
+         "causal_lm": "contrastive_caption"}
 
 
 class TrainState(train_state.TrainState):
   pass
 
 
+def param_path(path) -> str:
+  """"vision/encoder/block_00/mlp/fc1/kernel" for a pytree key path (box wrappers skipped)."""
+  return "/".join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def frozen_mask(params, patterns) -> object:
+  """A pytree of bools like `params`: True where a path fully matches one of the regexes in `patterns`."""
+  compiled = [re.compile(p) for p in patterns]
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: any(c.fullmatch(param_path(path)) for c in compiled), params)
+
+
+def flop_multipliers(config, params) -> dict:
+  """Backward-pass cost of frozen towers for the FLOP count: a frozen ViT at the input runs forward only;
+  a frozen decoder still passes gradients back to a trained projector (2x instead of 3x)."""
+  if not config.freeze:
+    return {}
+  mask = frozen_mask(params, config.freeze)
+  all_frozen = lambda key: key in mask and all(jax.tree.leaves(mask[key]))
+  multipliers = {}
+  if all_frozen("vision"):
+    multipliers["vision"] = 1
+  if all_frozen("decoder"):
+    multipliers["decoder"] = 1 if all_frozen("projector") else 2
+  if all_frozen("text"):
+    multipliers["text"] = 1
+  return multipliers
+
+
 def make_optimizer(config) -> optax.GradientTransformation:
-  """AdamW with linear warmup then cosine decay to 0 over total_steps; decay only on matrices."""
+  """AdamW with linear warmup then cosine decay to 0 over total_steps; decay only on matrices.
+
+  Parameters matching config.freeze get `set_to_zero`, which keeps no state: no Adam moments for them.
+  """
   o = config.optimizer
   warmup = min(o.warmup_steps, config.total_steps // 2)  # a short run still gets a decay phase
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, o.learning_rate, warmup, config.total_steps, end_value=0.0)
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
-  return optax.chain(
+  adamw = optax.chain(
       optax.clip_by_global_norm(o.grad_clip_norm),
       optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask))
+  if not config.freeze:
+    return adamw
+  labels = lambda params: jax.tree.map(lambda f: "frozen" if f else "trained", frozen_mask(params, config.freeze))
+  return optax.multi_transform({"trained": adamw, "frozen": optax.set_to_zero()}, labels)
 
 
 def prepare_workdir(workdir: str) -> str:
@@ -103,6 +140,9 @@ def make_loss_and_grads(model, config, pad_id: int):
   only their micro-batch as negatives: a smaller effective contrastive batch, the usual price.
   """
   def loss_fn(params, batch):
+    if config.freeze:  # no gradient flows into frozen parameters, so XLA drops their weight gradients
+      params = jax.tree.map(lambda p, frozen: jax.lax.stop_gradient(p) if frozen else p,
+                            params, frozen_mask(params, config.freeze))
     outputs, _ = model.apply({"params": params}, batch)
     return losses.compute_loss(config.loss, outputs, batch, pad_id)
 
@@ -199,6 +239,40 @@ class Run:
     return 0
 
 
+def _subtree(tree, path: str, where: str):
+  for key in filter(None, path.split("/")):
+    if not isinstance(tree, dict) or key not in tree:
+      raise UserError(f"{where}: no parameter subtree {path!r} (keys there: {sorted(tree)[:8]})")
+    tree = tree[key]
+  return tree
+
+
+def initialize_from(params, shardings, init_from) -> dict:
+  """Replaces subtrees of `params` by subtrees of other runs' latest checkpoints (shapes must match)."""
+  params = jax.tree.map(lambda x: x, params)  # a copy of the containers we then edit in place
+  for target, workdir, source in init_from:
+    step, loaded = checkpointing.read_params(workdir)
+    loaded = _subtree(loaded, source, f"config.init_from {workdir} (step {step})")
+    *parents, last = [k for k in target.split("/") if k] or [None]
+    container = _subtree(params, "/".join(parents), "config.init_from target")
+    current = container[last] if last else params
+    if jax.tree.structure(current) != jax.tree.structure(loaded):
+      raise UserError(f"config.init_from: {workdir}/{source or '(all)'} has another parameter layout than "
+                      f"{target or '(all)'} of this model")
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(current), jax.tree.leaves(loaded)):
+      if a.shape != b.shape:
+        raise UserError(f"config.init_from: {target}/{param_path(path)} has shape {a.shape} here but "
+                        f"{b.shape} in {workdir}")
+    sharding_tree = _subtree(shardings, target, "shardings")
+    placed = jax.tree.map(lambda b, a, sh: jax.device_put(b.astype(a.dtype), sh), loaded, current, sharding_tree)
+    if last:
+      container[last] = placed
+    else:
+      params = placed
+    print(f"initialised {target or 'all parameters'} from {workdir} step {step} ({source or 'all'})", flush=True)
+  return params
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains for config.total_steps (resuming if DIR holds checkpoints), then scores the test split."""
   check_same_model(config, prepare_workdir(workdir))
@@ -212,11 +286,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if start_step:
     print(f"resumed from {run.checkpoints.directory}/{start_step}", flush=True)
     writer.truncate_after(start_step)
+  elif config.init_from:
+    run.state = run.state.replace(params=initialize_from(run.state.params, run.state_shardings.params,
+                                                         config.init_from))
   n_params = sum(x.size for x in jax.tree.leaves(run.state.params))
   print(f"model {config.model.name}: {n_params / 1e6:.2f}M parameters; mesh {dict(run.mesh.shape)}; "
         f"{config.total_steps} steps of batch {config.batch_size}", flush=True)
 
-  step_flops = flops.train_flops_per_step(config, run.tokenizer.vocab_size)
+  step_flops = flops.train_flops_per_step(config, run.tokenizer.vocab_size, flop_multipliers(config, run.state.params))
   peak = flops.peak_flops_per_device(jax.devices()[0])
   train_step = make_train_step(run.model, config, run.tokenizer.pad_id, run.state_shardings, run.mesh)
   evaluator = evaluate_lib.Evaluator(run.model, config, run.tokenizer)
