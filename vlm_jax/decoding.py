@@ -1,11 +1,27 @@
-"""Greedy decoding into a fixed-shape token buffer (one compiled program for any prompt lengths).
+"""Text generation into a fixed-shape token buffer (one compiled program for any prompt lengths).
 
-`logits_fn(tokens int[B, L]) -> float[B, L, V]` is the model with its image features already bound.
-This version recomputes the whole sequence at every step; it is exact and simple, and serves evaluation.
+Two paths:
+- `greedy_decode(logits_fn, ...)`: recomputes the whole sequence at every step. Exact and model-agnostic
+  (`logits_fn(tokens int[B, L]) -> float[B, L, V]` is the model with its image features bound); it is the
+  reference the cached path is tested against, and what evaluate.py uses.
+- `generate(model, params, images, tokens, start, config=...)`: keys/values cached (models/cached.py), so a
+  step costs one position; greedy, temperature / top-k / top-p sampling, and beam search with a length
+  penalty; stops at EOS; rows have their own prompt lengths. Jit it with `make_generate`.
+
+Buffers: tokens int[B, L] hold each row's prompt left-aligned with padding after it; start int[B] is where
+each row's generated text begins (its prompt length). Generated tokens are written from `start` on; the
+rest of the row is left as it was (padding), so `generated_ids` reads a row's text back.
 """
 
+import dataclasses
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from vlm_jax.models import cached
+
+METHODS = ("greedy", "sample", "beam")
 
 
 def greedy_decode(logits_fn, tokens, start, num_steps: int, eos_id: int, pad_id: int = 0):
@@ -47,3 +63,217 @@ def generated_ids(tokens, start: int, eos_id: int, pad_id: int = 0) -> list:
       break
     ids.append(int(t))
   return ids
+
+
+# --------------------------------------------------------------------------------------------- config
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+  """How to choose tokens. Frozen (hashable): it is a static argument of the jitted decoder.
+
+  method: "greedy"; "sample" with `temperature`, then `top_k` (0: off) and `top_p` (1.0: off) filtering,
+  in that order; "beam" with `num_beams` and `length_penalty` alpha (hypotheses ranked by
+  log p / length**alpha, length counting generated tokens with the EOS; 0: raw log-likelihood).
+  """
+  method: str = "greedy"
+  max_steps: int = 16
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  num_beams: int = 4
+  length_penalty: float = 1.0
+
+  def __post_init__(self):
+    if self.method not in METHODS:
+      raise ValueError(f"decoding method {self.method!r} is not one of {METHODS}")
+    if self.max_steps < 1 or self.num_beams < 1 or self.top_k < 0:
+      raise ValueError(f"max_steps and num_beams must be >= 1 and top_k >= 0: {self}")
+    if self.method == "sample" and (self.temperature <= 0 or not 0 < self.top_p <= 1):
+      raise ValueError(f"sampling needs temperature > 0 and 0 < top_p <= 1: {self}")
+
+
+# --------------------------------------------------------------------------------------------- choosing
+
+def filter_logits(logits, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
+  """float[B, V] -> float[B, V] scaled by 1/temperature, -inf outside the top-k and the top-p nucleus.
+
+  The nucleus is the smallest set of most likely tokens whose probability reaches top_p; the most likely
+  token is always kept.
+  """
+  logits = logits.astype(jnp.float32) / temperature
+  if top_k:
+    kth = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))[0][..., -1:]
+    logits = jnp.where(logits >= kth, logits, -jnp.inf)
+  if top_p < 1.0:
+    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    # Keep a token while the probability of the tokens before it has not reached top_p yet.
+    keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p
+    threshold = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits >= threshold, logits, -jnp.inf)
+  return logits
+
+
+def choose_tokens(logits, rng, config: DecodeConfig):
+  """float[B, V] -> int32[B]: argmax for greedy, else a sample from the filtered distribution."""
+  if config.method == "greedy":
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  filtered = filter_logits(logits, config.temperature, config.top_k, config.top_p)
+  return jax.random.categorical(rng, filtered, axis=-1).astype(jnp.int32)
+
+
+# --------------------------------------------------------------------------------------------- sampling
+
+def _sample(layout, params, cache, first_logits, tokens, start, config: DecodeConfig, eos_id: int, rng):
+  """Greedy or sampled continuation with the cache; -> (tokens int[B, L], log-likelihood float[B]).
+
+  first_logits float[B, V] predict the token at `start`. The log-likelihood is that of the unfiltered
+  model distribution, summed over the written tokens (EOS included).
+  """
+  b, length = tokens.shape
+  rows = jnp.arange(b)
+
+  def emit(logits, key, tokens, position, done, logprob):
+    token = choose_tokens(logits, key, config)
+    writable = ~done & (position < length)
+    target = jnp.clip(position, 0, length - 1)
+    tokens = tokens.at[rows, target].set(jnp.where(writable, token, tokens[rows, target]))
+    token_logprob = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)[rows, token]
+    logprob = logprob + jnp.where(writable, token_logprob, 0.0)
+    done = done | (writable & (token == eos_id)) | (position >= length - 1)
+    return tokens, done, logprob
+
+  rng, key = jax.random.split(rng)
+  tokens, done, logprob = emit(first_logits, key, tokens, start, jnp.zeros((b,), bool), jnp.zeros((b,)))
+
+  def body(carry):
+    i, tokens, done, logprob, cache, rng = carry
+    last = jnp.clip(start + i - 1, 0, length - 1)  # the token written by the previous iteration
+    logits, cache = cached.step(layout, params, cache, tokens[rows, last], last)
+    rng, key = jax.random.split(rng)
+    tokens, done, logprob = emit(logits, key, tokens, start + i, done, logprob)
+    return i + 1, tokens, done, logprob, cache, rng
+
+  def not_finished(carry):
+    i, _, done, *_ = carry
+    return (i < config.max_steps) & ~jnp.all(done)
+
+  _, tokens, _, logprob, _, _ = jax.lax.while_loop(not_finished, body, (1, tokens, done, logprob, cache, rng))
+  return tokens, logprob
+
+
+# --------------------------------------------------------------------------------------------- beam search
+
+def _length_penalty(length, alpha: float):
+  return jnp.maximum(length, 1).astype(jnp.float32) ** alpha
+
+
+def _take(x, index):
+  """x [B, K, ...] rows index int[B, K'] -> [B, K', ...]."""
+  return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+def _beam_search(layout, params, cache, first_logits, tokens, start, config: DecodeConfig, eos_id: int,
+                 pad_id: int):
+  """-> (tokens int[B, K, L], scores float[B, K]): the K best finished hypotheses, best first.
+
+  K beam slots per example. Every step, each live slot proposes its V extensions and each finished slot
+  proposes itself unchanged; the K candidates with the best penalised score log p / length**alpha take the
+  slots. With K = 1 that is exactly greedy decoding. A hypothesis is finished by EOS, by the end of the
+  buffer or by max_steps; every finished one also enters a pool of the K best, which is the result (so a
+  hypothesis pushed out of the slots later is not lost).
+  """
+  b, length = tokens.shape
+  k, alpha = config.num_beams, config.length_penalty
+  vocab = first_logits.shape[-1]
+  rows = jnp.arange(b)[:, None]
+  # Only slot 0 is live at first: K copies of one prompt would propose the same candidates K times.
+  slot_logp = jnp.where(jnp.arange(k) == 0, 0.0, -jnp.inf)[None].repeat(b, 0)
+  state = dict(seqs=jnp.repeat(tokens[:, None], k, axis=1), logp=slot_logp,
+               length=jnp.zeros((b, k), jnp.int32), finished=jnp.zeros((b, k), bool),
+               pool_seqs=jnp.repeat(tokens[:, None], k, axis=1), pool_scores=jnp.full((b, k), -jnp.inf))
+  max_new = jnp.minimum(config.max_steps, length - start)  # int[B]: longest possible hypothesis
+
+  def extend(logits, state, i):
+    """Tokens number i + 1 (written at start + i) from logits float[B, K, V]; -> (state, parent int[B, K])."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    finished = state["finished"][..., None]
+    is_pad = jnp.arange(vocab) == pad_id
+    candidate_logp = jnp.where(finished, jnp.where(is_pad, state["logp"][..., None], -jnp.inf),
+                               state["logp"][..., None] + logp)
+    candidate_length = jnp.where(finished, state["length"][..., None], i + 1)
+    penalised = candidate_logp / _length_penalty(candidate_length, alpha)
+    _, index = jax.lax.top_k(penalised.reshape(b, k * vocab), k)
+    parent, token = index // vocab, (index % vocab).astype(tokens.dtype)
+    was_finished = _take(state["finished"], parent)
+    position = jnp.clip(start + i, 0, length - 1)[:, None]
+    seqs = _take(state["seqs"], parent)
+    slots = jnp.arange(k)[None]
+    keep = was_finished | (start + i >= length)[:, None]  # a full buffer (prompt to the end) stays as it is
+    seqs = seqs.at[rows, slots, position].set(jnp.where(keep, seqs[rows, slots, position], token))
+    new_logp = jnp.take_along_axis(candidate_logp.reshape(b, -1), index, axis=1)
+    new_length = jnp.take_along_axis(jnp.broadcast_to(candidate_length, (b, k, vocab)).reshape(b, -1), index, axis=1)
+    ends = (token == eos_id) | (i + 1 >= max_new[:, None])
+    finished = was_finished | ends
+    newly = finished & ~was_finished & jnp.isfinite(new_logp)
+    scores = jnp.where(newly, new_logp / _length_penalty(new_length, alpha), -jnp.inf)
+    pool_scores, pick = jax.lax.top_k(jnp.concatenate([state["pool_scores"], scores], axis=1), k)
+    pool_seqs = _take(jnp.concatenate([state["pool_seqs"], seqs], axis=1), pick)
+    return dict(seqs=seqs, logp=new_logp, length=new_length, finished=finished, pool_seqs=pool_seqs,
+                pool_scores=pool_scores), parent
+
+  def search_over(state, i):
+    """bool[B]: no live slot can still beat the K-th pooled hypothesis (log p only falls as text grows)."""
+    live = ~state["finished"] & jnp.isfinite(state["logp"])
+    longest = jnp.maximum(_length_penalty(i + 1, alpha), _length_penalty(max_new, alpha))[:, None]
+    bound = jnp.where(live, state["logp"] / longest, -jnp.inf)
+    return jnp.max(bound, axis=1) <= state["pool_scores"][:, -1]
+
+  state, _ = extend(jnp.repeat(first_logits[:, None], k, axis=1), state, 0)
+  cache = jax.tree.map(lambda a: jnp.repeat(a, k, axis=0) if a.ndim else a, cache)  # slots become rows
+
+  def body(carry):
+    i, state, cache = carry
+    last = jnp.clip(start + i - 1, 0, length - 1)
+    previous = state["seqs"][rows, jnp.arange(k)[None], last[:, None]]
+    logits, cache = cached.step(layout, params, cache, previous.reshape(-1), jnp.repeat(last, k))
+    state, parent = extend(logits.reshape(b, k, vocab), state, i)
+    cache = cached.reorder(cache, (rows * k + parent).reshape(-1))
+    return i + 1, state, cache
+
+  def not_finished(carry):
+    i, state, _ = carry
+    return (i < config.max_steps) & ~jnp.all(search_over(state, i))
+
+  _, state, _ = jax.lax.while_loop(not_finished, body, (1, state, cache))
+  return state["pool_seqs"], state["pool_scores"]
+
+
+# --------------------------------------------------------------------------------------------- entry points
+
+def generate(model, params, images, tokens, start, *, config: DecodeConfig, eos_id: int, pad_id: int = 0,
+             rng=None):
+  """Continues `tokens` int[B, L] from `start` int[B] for a PrefixLM or CoCa conditioned on `images`
+  float[B, H, W, 3] (None for a text-only TextTransformer LM). Returns (tokens int[B, L], scores float[B]):
+  the log-likelihood of the generated tokens, or for beam search the best hypothesis' penalised score.
+  """
+  params = nn.meta.unbox(params)
+  layout = cached.for_model(model)
+  image_tokens = None
+  if images is not None:
+    image_tokens = model.apply({"params": params}, images, method="image_tokens")
+  start = jnp.asarray(start, jnp.int32)
+  logits, cache = cached.prefill(layout, params, image_tokens, tokens, start)
+  first = logits[jnp.arange(tokens.shape[0]), jnp.clip(start - 1, 0, tokens.shape[1] - 1)]
+  if config.method == "beam":
+    seqs, scores = _beam_search(layout, params, cache, first, tokens, start, config, eos_id, pad_id)
+    return seqs[:, 0], scores[:, 0]
+  rng = jax.random.key(0) if rng is None else rng
+  return _sample(layout, params, cache, first, tokens, start, config, eos_id, rng)
+
+
+def make_generate(model, config: DecodeConfig, eos_id: int, pad_id: int = 0):
+  """jit of `generate`: fn(params, images, tokens, start, rng) -> (tokens int[B, L], scores float[B])."""
+  def fn(params, images, tokens, start, rng):
+    return generate(model, params, images, tokens, start, config=config, eos_id=eos_id, pad_id=pad_id, rng=rng)
+  return jax.jit(fn)

@@ -47,7 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       name="shapes", builder_config="default", data_dir="~/.cache/vlm_jax/datasets",
       tokenizer="sentencepiece", image_size=32, max_text_len=16, vqa_caption_prob=0.2,
-      canonical_caption_prob=0.4))
+      canonical_caption_prob=0.4, on_bad_record="skip"))
 
   c.model = ml_collections.ConfigDict(dict(
       name="two_tower", dtype="float32", remat="", embed_dim=128, vision_layer=-1,

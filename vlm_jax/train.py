@@ -322,7 +322,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         writer.write(step, {**metrics, "images_per_second": images_per_second,
                             "tokens_per_second": images_per_second * flops.tokens_per_example(config),
                             "tflops_per_device": tflops, "mfu": tflops * 1e12 / peak, "skipped_steps": skipped,
-                            "truncated_texts": pipeline.TRUNCATIONS.truncated})
+                            "truncated_texts": pipeline.TRUNCATIONS.truncated,
+                            "skipped_records": pipeline.BAD_RECORDS.truncated})
         speed = (f"compiled and ran in {elapsed:.1f} s" if step == start_step + 1 else
                  f"{images_per_second:.0f} img/s | {tflops:.3f} TFLOP/s/device | MFU {tflops * 1e12 / peak:.1%} | "
                  f"ETA {_format_duration(eta)}")

@@ -106,31 +106,52 @@ def decode_example(raw: dict) -> dict:
   return example
 
 
+def image_to_float(image: np.ndarray) -> np.ndarray:
+  """uint8 [.., S, S, 3] -> float32 in [-1, 1]."""
+  return np.asarray(image, np.float32) / 127.5 - 1.0
+
+
 class MemoizedSource:
   """A data source that keeps each decoded example after its first read.
 
   tfds's generic deserialisation costs ~0.45 ms an example, a quarter of a training step's time on
   2 cores; the shapes train split decoded is ~150 MB, so from the second epoch on it is read from memory.
   Deterministic: index i always gives the same example, so shuffling and checkpointed state are unchanged.
+
+  A record that cannot be decoded (a corrupt image) or has an empty caption is either skipped (None,
+  counted in BAD_RECORDS; grain drops it) or stops the run with a UserError naming the record,
+  as `on_bad_record` ("skip" | "fail") says.
   """
 
-  def __init__(self, source):
+  def __init__(self, source, on_bad_record: str = "skip", split: str = "train"):
+    if on_bad_record not in ("skip", "fail"):
+      raise UserError(f"config.data.on_bad_record={on_bad_record!r}: expected 'skip' or 'fail'")
     self._source = source
     self._cache = {}
+    self._on_bad_record = on_bad_record
+    self._split = split
 
   def __len__(self):
     return len(self._source)
 
+  def _read(self, index):
+    try:
+      example = _decode_texts(self._source[index])
+    except Exception as e:  # PIL/tfds raise many kinds for a damaged record
+      problem = f"cannot decode record {index} of the {self._split} split ({type(e).__name__}: {e})"
+    else:
+      if example["caption"].strip() and all(c.strip() for c in example["captions"]):
+        return example
+      problem = f"record {index} of the {self._split} split has an empty caption"
+    if self._on_bad_record == "fail":
+      raise UserError(problem + "; set config.data.on_bad_record='skip' to skip such records")
+    BAD_RECORDS.add(True)
+    return None
+
   def __getitem__(self, index):
-    example = self._cache.get(index)
-    if example is None:
-      example = self._cache[index] = _decode_texts(self._source[index])
-    return example
-
-
-def image_to_float(image: np.ndarray) -> np.ndarray:
-  """uint8 [.., S, S, 3] -> float32 in [-1, 1]."""
-  return np.asarray(image, np.float32) / 127.5 - 1.0
+    if index not in self._cache:
+      self._cache[index] = self._read(index)
+    return self._cache[index]
 
 
 # ----------------------------------------------------------------------------- training batches
@@ -154,6 +175,7 @@ class TruncationCounter:
 
 
 TRUNCATIONS = TruncationCounter()
+BAD_RECORDS = TruncationCounter()  # .truncated counts the training records skipped as undecodable or empty
 
 
 def make_vqa_prompt(tokenizer: Tokenizer, question: str, max_len: int) -> np.ndarray:
@@ -217,11 +239,12 @@ def train_iterator(data_config, tokenizer: Tokenizer, *, batch_size: int, seed: 
   if batch_size % process_count:
     raise UserError(f"batch_size {batch_size} is not divisible by {process_count} processes")
   source = open_split(data_config, "train")
-  dataset = grain.MapDataset.source(MemoizedSource(source))[process_index::process_count]
+  memoized = MemoizedSource(source, data_config.get("on_bad_record", "skip"))
+  dataset = grain.MapDataset.source(memoized)[process_index::process_count]
   if len(dataset) < batch_size // process_count:
     raise UserError(f"train split has {len(dataset)} examples per process, fewer than the "
                     f"per-process batch {batch_size // process_count}")
-  dataset = dataset.seed(seed).shuffle().repeat()
+  dataset = dataset.filter(lambda example: example is not None).seed(seed).shuffle().repeat()
   # After repeat, the element index includes the epoch: new random choices every epoch.
   dataset = dataset.random_map(functools.partial(
       _features, task=task, tokenizer=tokenizer, data_config=data_config))

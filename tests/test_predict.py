@@ -1,0 +1,103 @@
+"""The predict CLI on tiny random-init workdirs: output format per task, and one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlm_jax import predict
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _make_workdir(path, data_dir, model_name):
+  """A workdir as training leaves it (config.json + a checkpoint), with a tiny random-init model."""
+  from vlm_jax import run_config, train
+  config = run_config.base_config()
+  config.model.name = model_name
+  config.data.builder_config, config.data.data_dir = "tiny", data_dir
+  config.batch_size = 8
+  config.loss.contrastive = "" if model_name == "prefix_lm" else "softmax"
+  config.model.vision.update(width=16, depth=1, num_heads=2, mlp_dim=32)
+  config.model.text.update(width=16, depth=1, num_heads=2, mlp_dim=32)
+  config.model.multimodal.depth = 1
+  config.eval.max_decode_len = 4
+  os.makedirs(path)
+  with open(os.path.join(path, "config.json"), "w") as f:
+    f.write(config.to_json(indent=1))
+  run = train.Run(config, str(path), for_training=False)
+  run.checkpoints.save(1, run.state, None)
+  run.checkpoints.close()
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+  """A folder with two PNGs of different sizes (both get resized) and a text file that is skipped."""
+  folder = tmp_path_factory.mktemp("images")
+  rng = np.random.default_rng(0)
+  for name, size in (("b.png", 40), ("a.png", 32)):
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / name)
+  (folder / "notes.txt").write_text("not an image")
+  return folder
+
+
+@pytest.fixture(scope="module")
+def coca_workdir(tmp_path_factory, data_dir):
+  return _make_workdir(tmp_path_factory.mktemp("w") / "coca", data_dir, "coca")
+
+
+def _cli(*args):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as a user runs it
+  return subprocess.run([sys.executable, "-m", "vlm_jax.predict", *args], capture_output=True, text=True,
+                        cwd=REPO, env=env, timeout=300)
+
+
+def test_cli_captions_every_image_of_a_folder_as_json_lines(coca_workdir, images):
+  result = _cli("--workdir", coca_workdir, "--image", str(images), "--json")
+  assert result.returncode == 0, result.stderr
+  rows = [json.loads(line) for line in result.stdout.splitlines()]
+  assert [os.path.basename(r["image"]) for r in rows] == ["a.png", "b.png"]  # name order, txt skipped
+  for row in rows:
+    assert set(row) == {"image", "caption", "scores"} and isinstance(row["caption"], str)
+    assert row["scores"]["log_likelihood"] <= 0.0
+
+
+def test_zero_shot_labels_get_probabilities_and_the_most_likely_label(coca_workdir, images):
+  labels = ["red circle", "blue square", "green triangle"]
+  rows = list(predict.predict(coca_workdir, str(images / "a.png"), labels=labels))
+  assert len(rows) == 1 and set(rows[0]) == {"image", "label", "scores"}
+  scores = rows[0]["scores"]
+  assert list(scores) == labels and np.isclose(sum(scores.values()), 1.0, atol=1e-5)
+  assert rows[0]["label"] == max(scores, key=scores.get)
+
+
+def test_cli_error_is_one_line_without_traceback(coca_workdir, tmp_path):
+  result = _cli("--workdir", coca_workdir, "--image", str(tmp_path / "missing.png"))
+  assert result.returncode == 1 and result.stdout == ""
+  assert result.stderr.strip().splitlines() == [f"vlm_jax.predict: error: image not found: {tmp_path / 'missing.png'}"]
+
+
+@pytest.mark.parametrize("make_args,message", [
+    (lambda w, d: ["--image", str(d / "fake.png")], "is not a readable image"),
+    (lambda w, d: ["--image", str(d), "--prompt", "what is it?"], "does not take a --prompt"),
+    (lambda w, d: ["--image", str(d), "--labels", "circle"], "at least two"),
+    (lambda w, d: ["--image", str(d / "empty")], "no image files"),
+])
+def test_user_mistakes_exit_1_with_one_line(coca_workdir, tmp_path, capsys, make_args, message):
+  (tmp_path / "fake.png").write_text("not a png")
+  (tmp_path / "empty").mkdir()
+  assert predict.main(["--workdir", coca_workdir, *make_args(coca_workdir, tmp_path)]) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("vlm_jax.predict: error:") and message in err[0]
+
+
+def test_a_two_tower_model_cannot_caption():
+  with pytest.raises(predict.UserError, match="cannot generate text"):
+    predict.task_for("two_tower", None, None)
+  assert predict.task_for("coca", None, None) == "caption"
+  assert predict.task_for("prefix_lm", "why?", None) == "answer"
