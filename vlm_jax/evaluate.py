@@ -4,7 +4,6 @@ CLI: python -m vlm_jax.evaluate --config configs/NAME.py --workdir DIR
 restores the latest checkpoint in DIR/checkpoints and writes DIR/eval.json.
 """
 
-import functools
 import json
 import os
 
@@ -14,7 +13,7 @@ import numpy as np
 
 from vlm_jax import decoding
 from vlm_jax.data import pipeline, tokenizer as tokenizer_lib
-from vlm_jax.evaluators import captioning, hardneg, retrieval, vqa
+from vlm_jax.evaluators import caption_metrics, captioning, hardneg, pope, retrieval, vqa
 
 def _batched(fn, arrays, batch_size: int):
   """Applies a jitted fn over the leading axis in fixed-size batches (the last one padded: one compile)."""
@@ -49,18 +48,12 @@ class Evaluator:
       self.encode_image = apply(lambda m, x: m.encode_image(x)[0])
       self.encode_text = apply(lambda m, t: m.encode_text(t)[0])
     if self.name in ("coca", "prefix_lm"):
-      self.decode = jax.jit(self._decode)
-
-  def _decode(self, params, images, tokens, start):
-    """Greedy continuation of `tokens` from `start`, conditioned on `images`."""
-    apply = functools.partial(self.model.apply, {"params": params})
-    image_tokens = apply(images, method="image_tokens")
-    if self.name == "coca":
-      logits_fn = lambda t: apply(image_tokens, t, method="caption_logits")
-    else:
-      logits_fn = lambda t: apply(image_tokens, t, start, method="caption_logits")
-    return decoding.greedy_decode(logits_fn, tokens, start, self.config.eval.max_decode_len,
-                                  self.tokenizer.eos_id, self.tokenizer.pad_id)
+      # KV-cached greedy decoding; it emits exactly the tokens of decoding.greedy_decode (tested).
+      self._generate_fn = decoding.make_generate(
+          model, decoding.DecodeConfig(method="greedy", max_steps=config.eval.max_decode_len),
+          tokenizer.eos_id, tokenizer.pad_id)
+      self.decode = lambda params, images, tokens, start: self._generate_fn(
+          params, images, tokens, start, jax.random.key(0))[0]
 
   def load(self, split):
     if split not in self._splits:
@@ -111,6 +104,10 @@ class Evaluator:
       predicted = self._generate(params, data["image"], tokens, lengths)
       metrics.update(captioning.caption_scores(predicted, self._reference_ids(data["caption"]),
                                                self.tokenizer.eos_id))
+      # BLEU-4 / CIDEr-D / ROUGE-L (pycocoevalcap) against the canonical caption: the one form the
+      # captioner is trained to produce, so the n-gram scores compare like with like.
+      metrics.update(caption_metrics.caption_metrics([self.tokenizer.decode(p) for p in predicted],
+                                                     [[c] for c in data["caption"]]))
     if self.name == "prefix_lm":
       index = [i for i, qs in enumerate(data["questions"]) for _ in qs]
       questions = [q for qs in data["questions"] for q in qs]
@@ -118,7 +115,12 @@ class Evaluator:
       kinds = [k for ks in data["question_types"] for k in ks]
       tokens, lengths = self._prompts(questions)
       predicted = self._generate(params, data["image"][index], tokens, lengths)
-      metrics.update(vqa.vqa_scores([self.tokenizer.decode(p) for p in predicted], answers, kinds))
+      answers_given = [self.tokenizer.decode(p) for p in predicted]
+      metrics.update(vqa.vqa_scores(answers_given, answers, kinds))
+      # POPE-style hallucination: the yes/no questions about objects, half of them absent from the scene.
+      exists = [i for i, k in enumerate(kinds) if k == "exists"]
+      if exists:
+        metrics.update(pope.pope_metrics([answers_given[i] for i in exists], [answers[i] for i in exists]))
     return metrics
 
 
