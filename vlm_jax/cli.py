@@ -41,6 +41,12 @@ def _run(argv, command: str):
   try:
     if FLAGS.config is None:
       raise UserError("--config is required, e.g. --config configs/shapes_coca.py")
+    try:
+      FLAGS.config.keys()  # ml_collections loads lazily and reports a missing file only on first use
+    except OSError as e:
+      reason = [line.strip() for line in str(e).splitlines() if line.strip().startswith("[Errno")]
+      raise UserError(f"cannot load --config {FLAGS['config'].config_filename}: "
+                      f"{reason[0] if reason else str(e).splitlines()[0]}") from None
     if not FLAGS.workdir:
       raise UserError("--workdir is required")
     _initialize_distributed()
@@ -54,5 +60,26 @@ def _run(argv, command: str):
     sys.exit(1)
 
 
+def _flags_parser(argv, command: str):
+  """absl's parsing, with every mistake in the flags or config overrides as one line and exit 1."""
+  def fail(message):
+    print(f"vlm_jax.{command}: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:  # wrong types, bad config files, unknown flags: absl's message is one line
+    fail(str(e).splitlines()[0])
+  except (KeyError, AttributeError) as e:  # ml_collections: an override of a key that does not exist
+    key = str(e).strip("\"'")
+    given = [a for a in argv[1:] if a.startswith("--config.") and key in a.split("=")[0]]
+    fail(f"{given[0] if given else 'a --config override'} names a config key that does not exist ({key!r})")
+  except (ValueError, TypeError) as e:
+    fail(f"invalid flag value: {e}")
+  except SyntaxError as e:  # a config file that is not valid Python
+    fail(f"config file {e.filename} line {e.lineno}: {e.msg}")
+
+
 def main(command: str):
-  app.run(functools.partial(_run, command=command))
+  app.run(functools.partial(_run, command=command),
+          flags_parser=functools.partial(_flags_parser, command=command))

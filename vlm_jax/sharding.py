@@ -65,3 +65,20 @@ def global_batch(local_batch: dict, mesh) -> dict:
   """Assembles each process's slice of the batch into global arrays sharded over the batch axes."""
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
+
+
+def check_divisible(abstract_tree, shardings) -> None:
+  """UserError naming the first parameter whose sharded dimension does not split evenly over its mesh axes
+  (e.g. 3 heads over tensor=2), instead of XLA's error deep inside jit."""
+  for (path, leaf), named in zip(jax.tree_util.tree_leaves_with_path(abstract_tree), jax.tree.leaves(
+      shardings, is_leaf=lambda x: isinstance(x, NamedSharding))):
+    for dim, axes in enumerate(named.spec):
+      if axes is None or dim >= len(leaf.shape):
+        continue
+      axes = (axes,) if isinstance(axes, str) else axes
+      size = math.prod(named.mesh.shape[a] for a in axes)
+      if leaf.shape[dim] % size:
+        name = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+        raise UserError(f"parameter {name} has {leaf.shape[dim]} along dimension {dim}, which does not split "
+                        f"over mesh axes {axes} of size {size}: change config.mesh or the model sizes "
+                        f"(e.g. num_heads, mlp_dim, width) so they divide evenly")

@@ -128,6 +128,7 @@ def create_train_state(model, tx, batch: dict, rng, mesh, rules):
   with nn.logical_axis_rules(rules):
     abstract = jax.eval_shape(init, rng)
     shardings = sharding.state_shardings(abstract, mesh, rules)
+    sharding.check_divisible(nn.meta.unbox(abstract), shardings)
     state = jax.jit(init, out_shardings=shardings)(rng)
   return nn.meta.unbox(state), shardings
 
