@@ -60,8 +60,15 @@ def main():
   while True:
     process = subprocess.Popen(command(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if kills < args.kills:
-      # Any moment: during start-up and restore, mid-step, or while a checkpoint is being written.
-      time.sleep(rng.uniform(2.0, 12.0))
+      # Any moment: a third of the kills during start-up and restore, the rest once this attempt has
+      # trained some steps (mid-step, or while an asynchronous checkpoint is being written).
+      if rng.random() < 1 / 3:
+        time.sleep(rng.uniform(0.5, 6.0))
+      else:
+        already = max(losses(killed), default=0)
+        while max(losses(killed), default=0) <= already and process.poll() is None:
+          time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 2.0))
       if process.poll() is None:
         process.send_signal(signal.SIGKILL)
         process.wait()
