@@ -18,4 +18,6 @@ def get_config(arg=None):
   config.loss.contrastive = "softmax"
   config.loss.contrastive_weight = 1.0
   config.loss.caption_weight = 2.0
+  config.total_steps = 1400
+  config.eval_every_steps = 700
   return config

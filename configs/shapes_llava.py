@@ -20,4 +20,6 @@ def get_config(arg=None):
   config.loss.caption_weight = 1.0
   config.data.max_text_len = 24
   config.eval.max_decode_len = 24
+  config.total_steps = 800
+  config.eval_every_steps = 400
   return config
