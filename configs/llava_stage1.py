@@ -25,7 +25,7 @@ def get_config(arg=None):
   config.loss.caption_weight = 1.0
   config.freeze = ("vision/.*", "decoder/.*")
   config.init_from = (("vision", "runs/shapes_clip", "vision"), ("decoder", "runs/shapes_lm", "decoder"))
-  config.total_steps = 500
+  config.total_steps = 300
   config.eval_every_steps = 10_000
   config.eval.max_decode_len = 24
   return config

@@ -22,5 +22,5 @@ def get_config(arg=None):
   config.data.vqa_caption_prob = 0.2  # mostly questions now
   config.freeze = ("vision/.*",)
   config.init_from = (("", "runs/llava_stage1", ""),)
-  config.total_steps = 800
+  config.total_steps = 400
   return config
