@@ -13,7 +13,9 @@ COLUMNS = ["img2txt_recall@1", "img2txt_recall@5", "txt2img_recall@1", "txt2img_
 
 
 def main(runs: str):
-  rows = sorted(d for d in os.listdir(runs) if os.path.exists(os.path.join(runs, d, "eval.json")))
+  order = ["shapes_clip", "shapes_siglip", "shapes_coca", "shapes_llava", "shapes_lm", "llava_stage1", "llava_stage2"]
+  rows = sorted((d for d in os.listdir(runs) if os.path.exists(os.path.join(runs, d, "eval.json"))),
+                key=lambda d: (order.index(d) if d in order else len(order), d))
   results = {}
   for name in rows:
     with open(os.path.join(runs, name, "eval.json")) as f:
