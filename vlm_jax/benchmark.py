@@ -9,6 +9,7 @@ token ids with an EOS at a random position. No data set and no tokenizer: the vo
 `config.bench_vocab_size` (the bench configs set it) or --vocab_size.
 
 Printed keys: img_per_s (batch / step_s), step_s (median of the timed steps; step_s_min too),
+cpu_s_per_step (CPU time of this process per step, all threads: a check on contention),
 tflops_per_device and mfu (FLOPs counted by `flops.train_flops_per_step`, divided by the peak),
 matmul_peak_tflops (this machine's measured float32 matmul peak on CPU, the table's peak elsewhere),
 compile_s, and the shape and thread settings used.
@@ -91,6 +92,8 @@ def run_benchmark(config, *, steps: int = 10, warmup: int = 2, vocab_size: int =
   sample = train.sample_batch(task, 2, config.data.image_size, config.data.max_text_len)
   state, shardings = train.create_train_state(model, tx, sample, jax.random.key(config.seed), mesh, rules)
   step_fn = train.make_train_step(model, config, PAD_ID, shardings, mesh)
+  device = jax.devices()[0]
+  peak = flops.peak_flops_per_device(device)  # measured on CPU: before the step runs, on an idle pool
   host_batch = random_batch(task, config.batch_size, config.data.image_size, config.data.max_text_len, vocab_size)
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -103,20 +106,19 @@ def run_benchmark(config, *, steps: int = 10, warmup: int = 2, vocab_size: int =
     if not bool(metrics["finite"]):
       raise UserError(f"non-finite loss in the benchmark step: {float(metrics['loss'])}")
     if profile_dir:
-      jax.profiler.start_trace(profile_dir)
-    times = []
+      jax.profiler.start_trace(profile_dir, create_perfetto_trace=True)
+    times, cpu_start = [], time.process_time()
     for _ in range(steps):
       start = time.perf_counter()
       state, metrics = step_fn(state, batch)
       jax.block_until_ready((state, metrics))
       times.append(time.perf_counter() - start)
+    cpu_s = (time.process_time() - cpu_start) / steps
     if profile_dir:
       jax.profiler.stop_trace()
 
   step_s, step_s_min = float(np.median(times)), float(np.min(times))
   step_flops = flops.train_flops_per_step(config, vocab_size)
-  device = jax.devices()[0]
-  peak = flops.peak_flops_per_device(device)
   matmul_peak = peak * jax.local_device_count() if device.platform == "cpu" else peak
   tflops = step_flops / step_s / jax.device_count() / 1e12
   m = config.model
@@ -127,7 +129,7 @@ def run_benchmark(config, *, steps: int = 10, warmup: int = 2, vocab_size: int =
       "text": f"w{m.text.width}-d{m.text.depth}-h{m.text.num_heads}-mlp{m.text.mlp_dim}-ctx{config.data.max_text_len}",
       "vocab_size": vocab_size, "dtype": m.dtype, "steps": steps,
       "img_per_s": config.batch_size / step_s, "step_s": step_s, "step_s_min": step_s_min,
-      "compile_s": compile_s, "gflops_per_step": step_flops / 1e9,
+      "cpu_s_per_step": cpu_s, "compile_s": compile_s, "gflops_per_step": step_flops / 1e9,
       "tflops_per_device": tflops, "mfu": tflops * 1e12 / peak, "matmul_peak_tflops": matmul_peak / 1e12,
       "loss": float(metrics["loss"]), "devices": jax.device_count(), "platform": device.platform,
       "cpu_count": os.cpu_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
