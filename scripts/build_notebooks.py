@@ -71,7 +71,7 @@ def notebook_config(name, steps, fast_steps):
   if FAST:
     config.data.builder_config = "tiny"
     config.batch_size = 32
-    config.model.vision.update(width=32, depth=2, num_heads=2, mlp_dim=64)
+    config.model.vision.update(width=32, depth=1, num_heads=2, mlp_dim=64)
     config.model.text.update(width=32, depth=1, num_heads=2, mlp_dim=64)
     config.model.multimodal.depth = 1
     config.model.embed_dim = 32
@@ -247,7 +247,7 @@ mechanics but little structure; run without `VLM_JAX_FAST` (a few minutes) for a
 '''),
     code(r'''
 config = notebook_config("shapes_clip", steps=600, fast_steps=12)
-config.model.vision.update(cls_token=True, pool="cls")
+config.model.vision.update(cls_token=True, pool="cls", depth=max(config.model.vision.depth, 2))
 clip_dir = os.path.join(WORKDIR, "clip")
 start = time.time()
 scores = train.train_and_evaluate(config, clip_dir)
