@@ -9,11 +9,23 @@ import sys
 
 COLUMNS = ["img2txt_recall@1", "img2txt_recall@5", "txt2img_recall@1", "txt2img_recall@5", "hardneg/count",
            "hardneg/binding", "hardneg/left_right", "hardneg/above_below", "caption_exact_match",
-           "caption_token_accuracy", "bleu4", "cider", "rouge_l", "vqa_accuracy", "pope/f1"]
+           "caption_token_accuracy", "bleu4", "cider", "rouge_l", "vqa_accuracy", "pope/accuracy", "pope/f1",
+           "fashion_mnist/zero_shot/top1", "fashion_mnist/zero_shot/top5", "accuracy"]
+
+
+def chance_of(result: dict, key: str):
+  """The chance level stored beside `key` ("chance/<key>" or "<prefix>/chance/<rest>"), or None."""
+  parts = key.split("/")
+  for i in range(len(parts)):
+    candidate = "/".join(parts[:i] + ["chance"] + parts[i:])
+    if candidate in result:
+      return result[candidate]
+  return None
 
 
 def main(runs: str):
-  order = ["shapes_clip", "shapes_siglip", "shapes_coca", "shapes_llava", "shapes_lm", "llava_stage1", "llava_stage2"]
+  order = ["shapes_clip", "shapes_siglip", "shapes_coca", "shapes_llava", "shapes_lm", "llava_stage1", "llava_stage2",
+           "fashion_mnist_coca", "fashion_mnist_vit"]
   rows = sorted((d for d in os.listdir(runs) if os.path.exists(os.path.join(runs, d, "eval.json"))),
                 key=lambda d: (order.index(d) if d in order else len(order), d))
   results = {}
@@ -30,15 +42,25 @@ def main(runs: str):
   print("| wall time (train + eval) | " + " | ".join(walls) + " |")
   print("| steps | " + " | ".join(str(results[n]["step"]) for n in rows) + " |")
   for column in columns:
-    chances = {r.get(f"chance/{column}") for r in results.values()} - {None}
-    chance = f" ({max(chances):.3f})" if len(chances) == 1 else (" (see eval.json)" if chances else "")
-    cells = [f"{results[n][column]:.3f}" if column in results[n] else "–" for n in rows]
+    # One chance level for the row when the runs agree on it; otherwise each cell carries its own.
+    chances = {chance_of(results[n], column) for n in rows if column in results[n]} - {None}
+    uniform = len(chances) == 1
+    chance = f" ({max(chances):.3f})" if uniform else ""
+    cells = []
+    for n in rows:
+      if column not in results[n]:
+        cells.append("–")
+        continue
+      own = chance_of(results[n], column)
+      cells.append(f"{results[n][column]:.3f}" + (f" ({own:.3f})" if own is not None and not uniform else ""))
     print(f"| {column}{chance} | " + " | ".join(cells) + " |")
   for prefix in ("compositional/",):
     for column in ("img2txt_recall@1", "hardneg/binding", "caption_exact_match", "vqa_accuracy"):
       key = prefix + column
       if any(key in r for r in results.values()):
-        print(f"| {key} | " + " | ".join(f"{results[n][key]:.3f}" if key in results[n] else "–" for n in rows) + " |")
+        cells = [f"{results[n][key]:.3f}" + (f" ({chance_of(results[n], key):.3f})" if chance_of(results[n], key)
+                                             is not None else "") if key in results[n] else "–" for n in rows]
+        print(f"| {key} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,15 @@
-"""Score a model on a held-out split: retrieval, hard negatives, captions, VQA -> a flat dict.
+"""Score a model with the evaluators its config names -> a flat dict (eval.json).
+
+Evaluators are config-driven, as in big_vision: `config.evals.NAME = dict(type=..., split=..., every=...)`
+with type one of EVAL_TYPES (retrieval recall@k, hardneg probes, captioning exact match / BLEU-4 / CIDEr /
+ROUGE-L, vqa, pope, zero_shot classification with prompt templates, classification accuracy); see
+`eval_specs`. A config without entries gets its model's natural evaluators.
 
 CLI: python -m vlm_jax.evaluate --config configs/NAME.py --workdir DIR
 restores the latest checkpoint in DIR/checkpoints and writes DIR/eval.json.
 """
 
+import collections
 import json
 import os
 
@@ -13,7 +19,9 @@ import numpy as np
 
 from vlm_jax import decoding
 from vlm_jax.data import pipeline, tokenizer as tokenizer_lib
-from vlm_jax.evaluators import caption_metrics, captioning, hardneg, pope, retrieval, vqa
+from vlm_jax.errors import UserError
+from vlm_jax.evaluators import (caption_metrics, captioning, hardneg, pope, retrieval, vqa,
+                                    zero_shot)
 
 def _batched(fn, arrays, batch_size: int):
   """Applies a jitted fn over the leading axis in fixed-size batches (the last one padded: one compile)."""
@@ -40,6 +48,7 @@ class Evaluator:
     self.name = config.model.name
     self.max_len = config.data.max_text_len
     self._splits = {}
+    self._memo = {}
 
     def apply(method):
       return jax.jit(lambda params, *args: model.apply({"params": params}, *args, method=method))
@@ -47,6 +56,8 @@ class Evaluator:
     if self.name in ("two_tower", "coca"):
       self.encode_image = apply(lambda m, x: m.encode_image(x)[0])
       self.encode_text = apply(lambda m, t: m.encode_text(t)[0])
+    if self.name == "vit_classifier":
+      self.classify = apply(lambda m, x: m(({"image": x}))[0]["class_logits"])
     if self.name in ("coca", "prefix_lm"):
       # KV-cached greedy decoding; it emits exactly the tokens of decoding.greedy_decode (tested).
       self._generate_fn = decoding.make_generate(
@@ -80,56 +91,184 @@ class Evaluator:
   def _reference_ids(self, texts):
     return [self.tokenizer.encode(t)[: self.max_len - 2] for t in texts]
 
-  def __call__(self, params, split: str) -> dict:
+  # ------------------------------------------------------------------- one method per evaluator type
+
+  def _image_embedding(self, params, split):
+    key = ("image_embedding", split)
+    if key not in self._memo:
+      self._memo[key] = _batched(lambda x: self.encode_image(params, x), [self.load(split)["image"]],
+                                 self.config.eval.batch_size)
+    return self._memo[key]
+
+  def _embed_texts(self, params, texts):
+    return _batched(lambda t: self.encode_text(params, t), [tokenize_all(self.tokenizer, texts, self.max_len)],
+                    self.config.eval.batch_size)
+
+  def retrieval(self, params, split, spec) -> dict:
     data = self.load(split)
-    bs = self.config.eval.batch_size
-    metrics = {}
-    if self.name in ("two_tower", "coca"):
-      image_embedding = _batched(lambda x: self.encode_image(params, x), [data["image"]], bs)
-      embed_texts = lambda texts: _batched(lambda t: self.encode_text(params, t),
-                                           [tokenize_all(self.tokenizer, texts, self.max_len)], bs)
-      metrics.update(retrieval.retrieval_metrics(image_embedding, embed_texts(data["caption"]), data["caption"]))
-      for kind in hardneg.HARDNEG_TYPES:
-        positives, negatives = data[f"hardneg_{kind}_pos"], data[f"hardneg_{kind}_neg"]
-        rows = [i for i, p in enumerate(positives) if p]
-        if not rows:
-          continue
-        metrics[f"hardneg/{kind}"] = hardneg.hardneg_accuracy(
-            image_embedding[rows], embed_texts([positives[i] for i in rows]),
-            embed_texts([negatives[i] for i in rows]))
-        metrics[f"chance/hardneg/{kind}"] = 0.5
-    if self.name in ("coca", "prefix_lm"):
-      prompt = pipeline.DESCRIBE_PROMPT if self.name == "prefix_lm" else ""
-      tokens, lengths = self._prompts([prompt] * len(data["caption"]))
-      predicted = self._generate(params, data["image"], tokens, lengths)
-      metrics.update(captioning.caption_scores(predicted, self._reference_ids(data["caption"]),
-                                               self.tokenizer.eos_id))
-      # BLEU-4 / CIDEr-D / ROUGE-L (pycocoevalcap) against the canonical caption: the one form the
-      # captioner is trained to produce, so the n-gram scores compare like with like.
-      metrics.update(caption_metrics.caption_metrics([self.tokenizer.decode(p) for p in predicted],
-                                                     [[c] for c in data["caption"]]))
-    if self.name == "prefix_lm":
+    return retrieval.retrieval_metrics(self._image_embedding(params, split),
+                                       self._embed_texts(params, data["caption"]), data["caption"])
+
+  def hardneg(self, params, split, spec) -> dict:
+    data, metrics = self.load(split), {}
+    image_embedding = self._image_embedding(params, split)
+    for kind in hardneg.HARDNEG_TYPES:
+      positives, negatives = data[f"hardneg_{kind}_pos"], data[f"hardneg_{kind}_neg"]
+      rows = [i for i, p in enumerate(positives) if p]
+      if not rows:  # a kind the dataset has no negatives for (binding in Fashion-MNIST scenes)
+        continue
+      metrics[f"hardneg/{kind}"] = hardneg.hardneg_accuracy(
+          image_embedding[rows], self._embed_texts(params, [positives[i] for i in rows]),
+          self._embed_texts(params, [negatives[i] for i in rows]))
+      metrics[f"chance/hardneg/{kind}"] = 0.5
+    return metrics
+
+  def captioning(self, params, split, spec) -> dict:
+    data = self.load(split)
+    prompt = pipeline.DESCRIBE_PROMPT if self.name == "prefix_lm" else ""
+    tokens, lengths = self._prompts([prompt] * len(data["caption"]))
+    predicted = self._generate(params, data["image"], tokens, lengths)
+    metrics = captioning.caption_scores(predicted, self._reference_ids(data["caption"]), self.tokenizer.eos_id)
+    # BLEU-4 / CIDEr-D / ROUGE-L (pycocoevalcap) against the canonical caption: the one form the
+    # captioner is trained to produce, so the n-gram scores compare like with like.
+    references = [[c] for c in data["caption"]]
+    metrics.update(caption_metrics.caption_metrics([self.tokenizer.decode(p) for p in predicted], references))
+    # Chance: a blind model that writes the split's most common caption for every image.
+    reference_ids = self._reference_ids(data["caption"])
+    counts = collections.Counter(map(tuple, reference_ids))
+    mode = max(counts, key=lambda r: (counts[r], r))
+    blind = captioning.caption_scores([list(mode)] * len(reference_ids), reference_ids, self.tokenizer.eos_id)
+    blind.update(caption_metrics.caption_metrics([self.tokenizer.decode(list(mode))] * len(references), references))
+    metrics.update({f"chance/{k}": v for k, v in blind.items()})
+    return metrics
+
+  def _answers(self, params, split):
+    """The model's answer to every question of the split, with the truths and question types."""
+    key = ("answers", split)
+    if key not in self._memo:
+      data = self.load(split)
       index = [i for i, qs in enumerate(data["questions"]) for _ in qs]
       questions = [q for qs in data["questions"] for q in qs]
-      answers = [a for answers in data["answers"] for a in answers]
-      kinds = [k for ks in data["question_types"] for k in ks]
       tokens, lengths = self._prompts(questions)
       predicted = self._generate(params, data["image"][index], tokens, lengths)
-      answers_given = [self.tokenizer.decode(p) for p in predicted]
-      metrics.update(vqa.vqa_scores(answers_given, answers, kinds))
-      # POPE-style hallucination: the yes/no questions about objects, half of them absent from the scene.
-      exists = [i for i, k in enumerate(kinds) if k == "exists"]
-      if exists:
-        metrics.update(pope.pope_metrics([answers_given[i] for i in exists], [answers[i] for i in exists]))
+      self._memo[key] = ([self.tokenizer.decode(p) for p in predicted],
+                         [a for answers in data["answers"] for a in answers],
+                         [k for ks in data["question_types"] for k in ks])
+    return self._memo[key]
+
+  def vqa(self, params, split, spec) -> dict:
+    return vqa.vqa_scores(*self._answers(params, split))
+
+  def pope(self, params, split, spec) -> dict:
+    """POPE-style hallucination: the yes/no "is there a X?" questions, half about absent objects."""
+    given, truths, kinds = self._answers(params, split)
+    exists = [i for i, k in enumerate(kinds) if k == "exists"]
+    if not exists:
+      return {}
+    return pope.pope_metrics([given[i] for i in exists], [truths[i] for i in exists])
+
+  def zero_shot(self, params, split, spec) -> dict:
+    """Classifies a labelled dataset's images among its class names, each in prompt templates."""
+    images, labels, class_names = pipeline.load_zero_shot(self.config.data, split)
+    templates = tuple(spec.get("templates") or zero_shot.DEFAULT_TEMPLATES)
+    prompts = zero_shot.class_prompts(list(class_names), templates)
+    classes = zero_shot.class_embeddings(self._embed_texts(params, prompts), len(templates))
+    image_embedding = _batched(lambda x: self.encode_image(params, x), [images], self.config.eval.batch_size)
+    return zero_shot.zero_shot_metrics(image_embedding, classes, labels, ks=tuple(spec.get("ks") or (1, 5)))
+
+  def classification(self, params, split, spec) -> dict:
+    """Top-1 accuracy of a classifier's logits on a labelled split, and its chance level 1 / classes."""
+    data = self.load(split)
+    logits = _batched(lambda x: self.classify(params, x), [data["image"]], self.config.eval.batch_size)
+    return {"accuracy": float(np.mean(np.argmax(logits, -1) == np.asarray(data["label"]))),
+            "chance/accuracy": 1.0 / logits.shape[-1]}
+
+  # ------------------------------------------------------------------- running the configured evaluators
+
+  def run(self, spec, params, split: str) -> dict:
+    """One evaluator (a spec from `eval_specs`) on one split -> its metrics, unprefixed."""
+    return getattr(self, spec["type"])(params, split, spec)
+
+  def __call__(self, params, split: str, specs=None) -> dict:
+    """Every evaluator in `specs` (default: the config's) on `split`, merged into one dict."""
+    self._memo = {}
+    metrics = {}
+    for spec in specs if specs is not None else eval_specs(self.config):
+      metrics.update(self.run(spec, params, split))
+    self._memo = {}
     return metrics
 
 
+EVAL_TYPES = ("retrieval", "hardneg", "captioning", "vqa", "pope", "zero_shot", "classification")
+# What each model can be scored on; the default evaluators of a model with an empty config.evals.
+MODEL_EVAL_TYPES = {
+    "two_tower": ("retrieval", "hardneg", "zero_shot"),
+    "coca": ("retrieval", "hardneg", "captioning", "zero_shot"),
+    "prefix_lm": ("captioning", "vqa", "pope"),
+    "causal_lm": (),
+    "vit_classifier": ("classification",),
+}
+# zero_shot needs a labelled dataset to classify, so it runs only where config.evals asks for it.
+DEFAULT_EVAL_TYPES = {name: tuple(t for t in types if t != "zero_shot") for name, types in MODEL_EVAL_TYPES.items()}
+SPEC_KEYS = {"type", "split", "every", "prefix", "templates", "ks"}
+
+
+def eval_specs(config) -> list:
+  """config.evals as a list of dicts {name, type, split, every, prefix, ...}, checked.
+
+  Each entry `config.evals.NAME` has a `type` (EVAL_TYPES), the `split` it scores at the end of training
+  (default config.eval.split), `every` (run on config.eval.periodic_split every that many steps during
+  training; default config.eval_every_steps, 0 = never), and `prefix` for its keys in eval.json (default ""
+  on the main split, "<split>/" on another). With no entries, the model's natural evaluators run on
+  config.eval.split and on each of config.eval.extra_splits (keys prefixed "<split>/").
+  """
+  name = config.model.name
+  entries = config.get("evals") or {}
+  specs = []
+  if not entries:
+    for split in (config.eval.split,) + tuple(config.eval.extra_splits):
+      for kind in DEFAULT_EVAL_TYPES.get(name, ()):
+        specs.append({"name": kind if split == config.eval.split else f"{split}_{kind}", "type": kind,
+                      "split": split, "every": config.eval_every_steps if split == config.eval.split else 0,
+                      "prefix": "" if split == config.eval.split else f"{split}/"})
+    return specs
+  for key in entries:
+    entry = dict(entries[key])
+    where = f"config.evals.{key}"
+    unknown = sorted(set(entry) - SPEC_KEYS)
+    if unknown:
+      raise UserError(f"{where}.{unknown[0]} is not an evaluator option; expected some of {sorted(SPEC_KEYS)}")
+    kind = entry.get("type")
+    if kind not in EVAL_TYPES:
+      raise UserError(f"{where}.type={kind!r} is not an evaluator; expected one of {EVAL_TYPES}")
+    if kind not in MODEL_EVAL_TYPES.get(name, ()):
+      raise UserError(f"{where}.type={kind!r} cannot score model {name!r}; it can be scored with "
+                      f"{MODEL_EVAL_TYPES.get(name, ())}")
+    split = entry.get("split") or config.eval.split
+    every = entry.get("every", config.eval_every_steps)
+    if not isinstance(every, int) or every < 0:
+      raise UserError(f"{where}.every={every!r} must be a number of steps >= 0")
+    prefix = entry.get("prefix")
+    if prefix is None:
+      prefix = "" if split == config.eval.split else f"{split}/"
+    specs.append({**entry, "name": key, "type": kind, "split": split, "every": every, "prefix": prefix})
+  return specs
+
+
 def evaluate_splits(evaluator: Evaluator, params, config) -> dict:
-  """The main split's metrics, plus `<split>/<metric>` for each extra split (e.g. compositional)."""
-  metrics = evaluator(params, config.eval.split)
-  for split in config.eval.extra_splits:
-    metrics.update({f"{split}/{k}": v for k, v in evaluator(params, split).items()})
+  """The final scores: every evaluator on its split, keys prefixed as its spec says (eval.json)."""
+  evaluator._memo = {}
+  metrics = {}
+  for spec in eval_specs(config):
+    metrics.update({spec["prefix"] + k: v for k, v in evaluator.run(spec, params, spec["split"]).items()})
+  evaluator._memo = {}
   return metrics
+
+
+def periodic_scores(evaluator: Evaluator, params, config, step: int) -> dict:
+  """The evaluators due at `step` (every > 0 divides it) on config.eval.periodic_split; {} if none."""
+  due = [s for s in eval_specs(config) if s["every"] and step % s["every"] == 0]
+  return evaluator(params, config.eval.periodic_split, due) if due else {}
 
 
 def write_eval_json(workdir: str, step: int, metrics: dict) -> str:
@@ -140,24 +279,21 @@ def write_eval_json(workdir: str, step: int, metrics: dict) -> str:
   return path
 
 
-SPLIT_PREFIXES = ("test", "validation", "compositional")
-
-
-def _chance_key(key: str) -> str:
-  first, _, rest = key.partition("/")
-  return f"{first}/chance/{rest}" if first in SPLIT_PREFIXES else f"chance/{key}"
+def _chance_keys(key: str) -> list:
+  """Where the chance level of `key` may be: "chance/<key>", or after any prefix, "<prefix>/chance/<rest>"."""
+  parts = key.split("/")
+  return ["/".join(parts[:i] + ["chance"] + parts[i:]) for i in range(len(parts))]
 
 
 def _is_chance(key: str) -> bool:
-  first, _, rest = key.partition("/")
-  return key.startswith("chance/") or (first in SPLIT_PREFIXES and rest.startswith("chance/"))
+  return "chance" in key.split("/")
 
 
 def format_metrics(metrics: dict) -> str:
   """Readable lines 'name  value  (chance c)', each score with its chance level beside it."""
   lines = []
   for key in sorted(k for k in metrics if not _is_chance(k) and k != "step"):
-    chance = metrics.get(_chance_key(key))
+    chance = next((metrics[k] for k in _chance_keys(key) if k in metrics), None)
     suffix = f"   (chance {chance:.3f})" if chance is not None else ""
     lines.append(f"  {key:42s} {metrics[key]:.4f}{suffix}")
   return "\n".join(lines)

@@ -57,6 +57,8 @@ def forward_flops_per_example(config, vocab_size: int, batch_size: int) -> dict:
   m, image_size, t = config.model, config.data.image_size, config.data.max_text_len
   n_image = (image_size // m.vision.patch_size) ** 2
   parts = {"vision": vit_forward_flops(m.vision, image_size)}
+  if m.name == "vit_classifier":
+    parts["head"] = dense_flops(1, m.vision.width, m.num_classes)
   if m.name in ("two_tower", "coca"):
     parts["projections"] = dense_flops(1, m.vision.width, m.embed_dim) + dense_flops(1, m.text.width, m.embed_dim)
     parts["contrastive_logits"] = 2 * batch_size * m.embed_dim  # this example's row of the B x B logits
@@ -89,7 +91,8 @@ def train_flops_per_step(config, vocab_size: int, multipliers: dict | None = Non
 
 def tokens_per_example(config) -> int:
   """Sequence positions a step processes per example: image tokens plus text tokens."""
-  return (config.data.image_size // config.model.vision.patch_size) ** 2 + config.data.max_text_len
+  text = 0 if config.model.name == "vit_classifier" else config.data.max_text_len
+  return (config.data.image_size // config.model.vision.patch_size) ** 2 + text
 
 
 # Dense bf16 peak FLOP/s per chip (float32 peaks where the chip has no bf16 advantage listed separately).

@@ -123,5 +123,10 @@ def compute_loss(loss_config, outputs, batch, pad_id: int):
     loss, m = next_token_loss(outputs["logits"], targets, weights)
     total += loss_config.caption_weight * loss
     metrics.update(m)
+  if "class_logits" in outputs:  # the supervised classifier: softmax cross-entropy on integer labels
+    logits = outputs["class_logits"]
+    loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]))
+    total += loss
+    metrics.update(classification_loss=loss, accuracy=jnp.mean(jnp.argmax(logits, -1) == batch["label"]))
   metrics["loss"] = total
   return total, metrics

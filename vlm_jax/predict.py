@@ -57,6 +57,9 @@ def task_for(model_name: str, prompt, labels) -> str:
   """"caption", "answer" or "label"; UserError when the model cannot do what the flags ask."""
   if prompt is not None and labels is not None:
     raise UserError("--prompt and --labels are exclusive: answer a question or classify, not both")
+  if model_name not in ("two_tower", "coca", "prefix_lm"):
+    raise UserError(f"model {model_name} takes no image-and-text request; predict serves two_tower, coca and "
+                    "prefix_lm workdirs (score a classifier with python -m vlm_jax.evaluate)")
   if labels is not None:
     if model_name not in ("two_tower", "coca"):
       raise UserError(f"model {model_name} has no image/text embeddings, so it cannot classify with "

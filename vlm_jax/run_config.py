@@ -8,8 +8,8 @@ import ml_collections
 
 from vlm_jax.errors import UserError
 
-MODEL_NAMES = ("two_tower", "coca", "prefix_lm", "causal_lm")
-DATASET_NAMES = ("shapes",)
+MODEL_NAMES = ("two_tower", "coca", "prefix_lm", "causal_lm", "vit_classifier")
+DATASET_NAMES = ("shapes", "fashion_mnist_scenes", "fashion_mnist")
 CONTRASTIVE_LOSSES = ("", "softmax", "sigmoid")
 
 # Logical axis -> mesh axis (None: replicated). FSDP shards the model width; tensor parallelism the MLP,
@@ -24,6 +24,7 @@ DEFAULT_RULES = (
     ("vocab", "tensor"),
     ("patch", ""),
     ("position", ""),
+    ("classes", ""),
 )
 
 
@@ -47,11 +48,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       name="shapes", builder_config="default", data_dir="~/.cache/vlm_jax/datasets",
       tokenizer="sentencepiece", image_size=32, max_text_len=16, vqa_caption_prob=0.2,
-      canonical_caption_prob=0.4, on_bad_record="skip"))
+      canonical_caption_prob=0.4, on_bad_record="skip",
+      fashion_mnist_dir=""))  # "" = $VLM_JAX_FASHION_MNIST_DIR or Debian's /usr/share/datasets/fashion-mnist
 
   c.model = ml_collections.ConfigDict(dict(
       name="two_tower", dtype="float32", remat="", embed_dim=128, vision_layer=-1,
-      logit_scale_init=2.6592600, logit_bias_init=0.0))  # ln(1/0.07): CLIP's initial temperature
+      logit_scale_init=2.6592600, logit_bias_init=0.0,  # ln(1/0.07): CLIP's initial temperature
+      num_classes=10))  # vit_classifier only
   c.model.vision = ml_collections.ConfigDict(dict(
       patch_size=4, width=96, depth=3, num_heads=3, mlp_dim=256, posemb="sincos2d", cls_token=False,
       pool="gap"))
@@ -68,6 +71,9 @@ def base_config() -> ml_collections.ConfigDict:
       learning_rate=2e-3, warmup_steps=100, weight_decay=0.05, b1=0.9, b2=0.98, grad_clip_norm=1.0))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sharding = ml_collections.ConfigDict(dict(logical_axis_rules=list(DEFAULT_RULES)))
+  # Evaluators, big_vision style: NAME -> dict(type=..., split=..., every=..., prefix=...) (vlm_jax.evaluate
+  # .eval_specs); empty: the model's natural evaluators on eval.split and eval.extra_splits.
+  c.evals = ml_collections.ConfigDict()
   c.eval = ml_collections.ConfigDict(dict(
       split="test", periodic_split="validation", extra_splits=("compositional",), batch_size=500,
       max_decode_len=16))
@@ -117,5 +123,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise UserError(f"config.init_from[{i}]={entry!r}: expected (target subtree, workdir, source subtree)")
   if config.model.name == "two_tower" and not config.loss.contrastive:
     raise UserError("config.loss.contrastive must be 'softmax' or 'sigmoid' for model two_tower")
+  if (config.model.name == "vit_classifier") != (config.data.name == "fashion_mnist"):
+    raise UserError(f"config.model.name={config.model.name!r} cannot train on config.data.name={config.data.name!r}: "
+                    "the labelled dataset 'fashion_mnist' goes with model 'vit_classifier', and only with it")
+  if config.model.name == "vit_classifier" and (config.loss.contrastive or config.loss.caption_weight):
+    raise UserError("config.loss.contrastive must be '' and config.loss.caption_weight 0 for model vit_classifier")
+  from vlm_jax import evaluate  # noqa: PLC0415  (evaluate imports the data pipeline; only needed here)
+  evaluate.eval_specs(config)  # config.evals: unknown types or options, wrong models
   if config.model.vision.pool == "cls" and not config.model.vision.cls_token:
     raise UserError("config.model.vision.pool='cls' needs config.model.vision.cls_token=True")

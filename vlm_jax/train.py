@@ -25,7 +25,7 @@ from vlm_jax.errors import UserError
 from vlm_jax.models import build_model
 
 TASKS = {"two_tower": "contrastive_caption", "coca": "contrastive_caption", "prefix_lm": "vqa",
-         "causal_lm": "contrastive_caption"}
+         "causal_lm": "contrastive_caption", "vit_classifier": "classification"}
 
 
 class TrainState(train_state.TrainState):
@@ -109,6 +109,9 @@ def check_same_model(config, workdir: str) -> None:
 
 
 def sample_batch(task: str, batch_size: int, image_size: int, max_len: int) -> dict:
+  if task == "classification":
+    return {"image": np.zeros((batch_size, image_size, image_size, 3), np.float32),
+            "label": np.zeros((batch_size,), np.int32)}
   batch = {"image": np.zeros((batch_size, image_size, image_size, 3), np.float32),
            "text": np.zeros((batch_size, max_len), np.int32)}
   batch["text"][:, 0] = 1
@@ -204,10 +207,11 @@ class Run:
       raise UserError(f"config.batch_size={config.batch_size} must be divisible by the {jax.device_count()} devices")
     data_dir = os.path.expanduser(config.data.data_dir)
     if jax.process_index() == 0:  # one writer; the others wait for it
-      pipeline.prepare_shapes(data_dir, config.data.builder_config)
+      pipeline.prepare_data(config.data)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("vlm_jax: data prepared")
-    self.tokenizer = tokenizer_lib.load_tokenizer(config.data.tokenizer, data_dir, config.data.builder_config)
+    self.tokenizer = tokenizer_lib.load_tokenizer(config.data.tokenizer, data_dir, config.data.builder_config,
+                                                  dataset=config.data.name)
     self.task = TASKS[config.model.name]
     self.model = build_model(config.model, vocab_size=self.tokenizer.vocab_size, max_len=config.data.max_text_len,
                              eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id)
@@ -339,9 +343,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         return None
       if step % config.checkpoint_every_steps == 0 or step == config.total_steps:
         run.checkpoints.save(step, state, run.data_iterator)
-      if step % config.eval_every_steps == 0 and step < config.total_steps:
+      scores = evaluate_lib.periodic_scores(evaluator, state.params, config, step) if step < config.total_steps else {}
+      if scores:
         split = config.eval.periodic_split
-        scores = evaluator(state.params, split)
         writer.write(step, {f"{split}/{k}": v for k, v in scores.items()})
         print(f"eval on {split} at step {step}:\n" + evaluate_lib.format_metrics(scores), flush=True)
         window_start, window_steps = time.time(), 0

@@ -11,11 +11,13 @@ from typing import Iterable, Protocol, Sequence
 import numpy as np
 import sentencepiece as spm
 
-from vlm_jax.data import shapes_tfds
+from vlm_jax.data import fashion_mnist_tfds, shapes_tfds
 from vlm_jax.errors import UserError
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
-TOKENIZER_FILENAME = "shapes_tokenizer.model"
+TOKENIZER_FILENAME = "shapes_tokenizer.model"  # under each builder's own data_dir
+# config.data.name -> the module of its tfds builder (None: no texts, so no SentencePiece model).
+DATASET_BUILDERS = {"shapes": shapes_tfds, "fashion_mnist_scenes": fashion_mnist_tfds, "fashion_mnist": None}
 
 
 class Tokenizer(Protocol):
@@ -109,17 +111,27 @@ def train_sentencepiece(texts: Iterable[str], model_prefix: str, vocab_size: int
   return path
 
 
-def load_tokenizer(kind: str, data_dir: str, builder_config: str = "default") -> Tokenizer:
-  """The tokenizer named by kind ('sentencepiece' or 'byte') for a prepared shapes dataset."""
+def load_tokenizer(kind: str, data_dir: str, builder_config: str = "default",
+                   dataset: str = "shapes") -> Tokenizer:
+  """The tokenizer named by kind ('sentencepiece' or 'byte') for a prepared dataset.
+
+  dataset: config.data.name, the builder whose data_dir holds the SentencePiece model.
+  """
+  if dataset not in DATASET_BUILDERS:
+    raise UserError(f"unknown dataset config.data.name={dataset!r}; expected one of {list(DATASET_BUILDERS)}")
   if kind == "byte":
     return ByteTokenizer()
   if kind != "sentencepiece":
     raise UserError(f"unknown tokenizer {kind!r}; expected 'sentencepiece' or 'byte'")
-  path = os.path.join(shapes_tfds.make_builder(data_dir, builder_config).data_dir,
-                      TOKENIZER_FILENAME)
+  if DATASET_BUILDERS[dataset] is None:
+    raise UserError(f"config.data.name={dataset!r} has labels, not texts, so no SentencePiece model; "
+                    f"use config.data.tokenizer='byte'")
+  builder = DATASET_BUILDERS[dataset].make_builder(data_dir, builder_config)
+  path = os.path.join(builder.data_dir, TOKENIZER_FILENAME)
   if not os.path.exists(path):
-    raise UserError(f"no SentencePiece model at {path}; prepare the data first "
-                    f"(vlm_jax.data.pipeline.prepare_shapes({data_dir!r}, {builder_config!r}))")
+    prepare = (f"vlm_jax.data.pipeline.prepare_shapes({data_dir!r}, {builder_config!r})" if dataset == "shapes"
+               else "vlm_jax.data.pipeline.prepare_data(config.data)")
+    raise UserError(f"no SentencePiece model at {path}; prepare the data first ({prepare})")
   return SentencePieceTokenizer(path)
 
 

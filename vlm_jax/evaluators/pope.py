@@ -41,5 +41,9 @@ def pope_metrics(answers: list, truths: list) -> dict:
   precision = true_positive / max(said_yes.sum(), 1)
   recall = true_positive / max(is_yes.sum(), 1)
   f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+  share_yes = float(is_yes.mean())
   return {"pope/accuracy": float(np.mean(said_yes == is_yes)), "pope/precision": float(precision),
-          "pope/recall": float(recall), "pope/f1": float(f1), "pope/yes_ratio": float(said_yes.mean())}
+          "pope/recall": float(recall), "pope/f1": float(f1), "pope/yes_ratio": float(said_yes.mean()),
+          # A blind model: the majority answer for accuracy; always "yes" for precision / recall / F1.
+          "chance/pope/accuracy": max(share_yes, 1 - share_yes), "chance/pope/precision": share_yes,
+          "chance/pope/recall": 1.0, "chance/pope/f1": 2 * share_yes / (1 + share_yes)}

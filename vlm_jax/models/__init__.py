@@ -5,6 +5,7 @@ import ml_collections
 
 from vlm_jax.errors import UserError
 from vlm_jax.models.causal_lm import CausalLM
+from vlm_jax.models.classifier import ViTClassifier
 from vlm_jax.models.coca import CoCa, MultimodalDecoder
 from vlm_jax.models.prefix_lm import PrefixLM
 from vlm_jax.models.projector import Projector
@@ -12,7 +13,7 @@ from vlm_jax.models.text import TextTransformer
 from vlm_jax.models.two_tower import TwoTower
 from vlm_jax.models.vit import ViT
 
-MODEL_NAMES = ("two_tower", "coca", "prefix_lm", "causal_lm")
+MODEL_NAMES = ("two_tower", "coca", "prefix_lm", "causal_lm", "vit_classifier")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -62,4 +63,6 @@ def build_model(config: ml_collections.ConfigDict, *, vocab_size: int, max_len: 
   if config.name == "causal_lm":
     return CausalLM(decoder=build_text(config.text, vocab_size, max_len, dtype, remat, compute_logits=True,
                                        tied_embedding=config.text.tied_embedding, pad_id=pad_id))
+  if config.name == "vit_classifier":
+    return ViTClassifier(vision=vision, num_classes=config.num_classes, dtype=dtype)
   raise UserError(f"config.model.name={config.name!r} is not a known model; expected one of {MODEL_NAMES}")
