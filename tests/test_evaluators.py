@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vlm_jax.evaluators import caption_metrics, pope, zero_shot
+from vlm_jax.evaluators import caption_metrics, pope, vqa, zero_shot
 
 
 def _unit(*v):
@@ -82,7 +82,10 @@ def test_pope_metrics_by_hand():
   metrics = pope.pope_metrics(["Yes.", "no", "yes there is", "yes", "No, there is not."],
                               ["yes", "no", "no", True, "yes"])
   assert metrics == pytest.approx({"pope/accuracy": 0.6, "pope/precision": 2 / 3, "pope/recall": 2 / 3,
-                                   "pope/f1": 2 / 3, "pope/yes_ratio": 0.6})
+                                   "pope/f1": 2 / 3, "pope/yes_ratio": 0.6,
+                                   # blind baselines: 3 of 5 truths are yes; always-yes has F1 2*0.6/1.6
+                                   "chance/pope/accuracy": 0.6, "chance/pope/precision": 0.6,
+                                   "chance/pope/recall": 1.0, "chance/pope/f1": 0.75})
 
 
 def test_a_model_that_always_says_yes_has_full_recall_and_chance_precision():
@@ -98,3 +101,12 @@ def test_pope_questions_ask_about_absent_objects_only_from_outside_the_image():
   assert pairs[:2] == [("is there a red circle?", "yes"), ("is there a blue square?", "yes")]
   absent = sorted(q for q, truth in pairs if truth == "no")
   assert absent == ["is there a green triangle?", "is there an orange star?"]  # balanced, no repeats
+
+
+def test_vqa_chance_is_the_majority_answer_of_each_question_type():
+  """count: 1 question; exists: "no" and "yes" (majority 1 of 2); color: 1 -> a blind model gets 3 of 4."""
+  metrics = vqa.vqa_scores(["two", "yes", "red", "no"], ["two", "no", "red", "yes"],
+                           ["count", "exists", "color", "exists"])
+  assert metrics["vqa_accuracy"] == 0.5
+  assert metrics["chance/vqa_accuracy"] == 0.75
+  assert metrics["chance/vqa/exists"] == 0.5 and metrics["vqa/exists"] == 0.0

@@ -266,24 +266,8 @@ def _question_candidates(rng, items: list[dict], clear: dict) -> dict[str, list[
 
 def _questions(rng, items: list[dict], clear: dict) -> tuple[list[str], list[str], list[str]]:
   """3-6 questions: always one count question, then round-robin over the other types (as shapes)."""
-  chosen = [("how many items are there?", NUMBER_WORDS[len(items)], "count")]
-  candidates = _question_candidates(rng, items, clear)
-  for qtype in candidates:
-    order = rng.permutation(len(candidates[qtype]))
-    candidates[qtype] = [candidates[qtype][i] for i in order]
-  wanted = int(rng.integers(3, 7))
-  types = [t for t in candidates if candidates[t]]
-  types = [types[i] for i in rng.permutation(len(types))]
-  while len(chosen) < wanted and types:
-    for qtype in list(types):
-      if len(chosen) >= wanted:
-        break
-      question, answer = candidates[qtype].pop()
-      chosen.append((question, answer, qtype))
-      if not candidates[qtype]:
-        types.remove(qtype)
-  questions, answers, question_types = (list(v) for v in zip(*chosen))
-  return questions, answers, question_types
+  count = ("how many items are there?", NUMBER_WORDS[len(items)], "count")
+  return shapes.pick_questions(rng, count, _question_candidates(rng, items, clear))
 
 
 # ----------------------------------------------------------------------------- scenes

@@ -223,10 +223,12 @@ def _question_candidates(rng, objects, clear: dict) -> dict[str, list[tuple[str,
   return candidates
 
 
-def _questions(rng, objects, clear: dict) -> tuple[list[str], list[str], list[str]]:
-  """3-6 questions: always one count question, then round-robin over the other types."""
-  chosen = [("how many shapes are there?", NUMBER_WORDS[len(objects)], "count")]
-  candidates = _question_candidates(rng, objects, clear)
+def pick_questions(rng, first: tuple, candidates: dict) -> tuple[list[str], list[str], list[str]]:
+  """`first` (question, answer, type), then 3-6 questions in all, round-robin over the candidate types.
+
+  candidates: {type: [(question, answer), ...]}. Shared by the shapes and Fashion-MNIST scenes.
+  """
+  chosen = [first]
   for qtype in candidates:
     order = rng.permutation(len(candidates[qtype]))
     candidates[qtype] = [candidates[qtype][i] for i in order]
@@ -244,6 +246,12 @@ def _questions(rng, objects, clear: dict) -> tuple[list[str], list[str], list[st
         types.remove(qtype)
   questions, answers, question_types = (list(v) for v in zip(*chosen))
   return questions, answers, question_types
+
+
+def _questions(rng, objects, clear: dict) -> tuple[list[str], list[str], list[str]]:
+  """3-6 questions: always one count question, then round-robin over the other types."""
+  count = ("how many shapes are there?", NUMBER_WORDS[len(objects)], "count")
+  return pick_questions(rng, count, _question_candidates(rng, objects, clear))
 
 
 # ----------------------------------------------------------------------------- examples
