@@ -161,10 +161,7 @@ with_article = shapes.with_article
 
 def list_phrase(items: list[dict]) -> str:
   """'a bag', 'a bag and a coat', 'a bag, a coat and a dress'."""
-  names = [with_article(i["name"]) for i in items]
-  if len(names) == 1:
-    return names[0]
-  return ", ".join(names[:-1]) + " and " + names[-1]
+  return shapes.join_phrases([with_article(i["name"]) for i in items])
 
 
 def count_caption(n: int) -> str:

@@ -48,12 +48,14 @@ def with_article(name: str) -> str:
   return ("an " if name[0] in "aeiou" else "a ") + name
 
 
+def join_phrases(items: list[str]) -> str:
+  """'x', 'x and y', 'x, y and z'."""
+  return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
 def list_phrase(objects: list[dict]) -> str:
   """'a x', 'a x and a y', 'a x, a y and a z'."""
-  items = [with_article(object_name(o)) for o in objects]
-  if len(items) == 1:
-    return items[0]
-  return ", ".join(items[:-1]) + " and " + items[-1]
+  return join_phrases([with_article(object_name(o)) for o in objects])
 
 
 def count_caption(n: int) -> str:
