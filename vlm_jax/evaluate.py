@@ -185,18 +185,21 @@ class Evaluator:
 
   # ------------------------------------------------------------------- running the configured evaluators
 
-  def run(self, spec, params, split: str) -> dict:
-    """One evaluator (a spec from `eval_specs`) on one split -> its metrics, unprefixed."""
-    return getattr(self, spec["type"])(params, split, spec)
+  def score(self, params, jobs) -> dict:
+    """jobs: (spec from `eval_specs`, split, key prefix) triples -> their metrics merged into one dict.
 
-  def __call__(self, params, split: str, specs=None) -> dict:
-    """Every evaluator in `specs` (default: the config's) on `split`, merged into one dict."""
+    Image embeddings and VQA answers are computed once per split for all the jobs, then dropped.
+    """
     self._memo = {}
     metrics = {}
-    for spec in specs if specs is not None else eval_specs(self.config):
-      metrics.update(self.run(spec, params, split))
+    for spec, split, prefix in jobs:
+      metrics.update({prefix + k: v for k, v in getattr(self, spec["type"])(params, split, spec).items()})
     self._memo = {}
     return metrics
+
+  def __call__(self, params, split: str, specs=None) -> dict:
+    """Every evaluator in `specs` (default: the config's) on `split`, keys unprefixed."""
+    return self.score(params, [(spec, split, "") for spec in (specs if specs is not None else eval_specs(self.config))])
 
 
 EVAL_TYPES = ("retrieval", "hardneg", "captioning", "vqa", "pope", "zero_shot", "classification")
@@ -257,17 +260,15 @@ def eval_specs(config) -> list:
 
 def evaluate_splits(evaluator: Evaluator, params, config) -> dict:
   """The final scores: every evaluator on its split, keys prefixed as its spec says (eval.json)."""
-  evaluator._memo = {}
-  metrics = {}
-  for spec in eval_specs(config):
-    metrics.update({spec["prefix"] + k: v for k, v in evaluator.run(spec, params, spec["split"]).items()})
-  evaluator._memo = {}
-  return metrics
+  return evaluator.score(params, [(spec, spec["split"], spec["prefix"]) for spec in eval_specs(config)])
 
 
-def periodic_scores(evaluator: Evaluator, params, config, step: int) -> dict:
-  """The evaluators due at `step` (every > 0 divides it) on config.eval.periodic_split; {} if none."""
-  due = [s for s in eval_specs(config) if s["every"] and step % s["every"] == 0]
+def periodic_scores(evaluator: Evaluator, params, config, step: int, specs=None) -> dict:
+  """The evaluators due at `step` (every > 0 divides it) on config.eval.periodic_split; {} if none.
+
+  specs: `eval_specs(config)` computed once by a caller that asks at every step.
+  """
+  due = [s for s in (specs if specs is not None else eval_specs(config)) if s["every"] and step % s["every"] == 0]
   return evaluator(params, config.eval.periodic_split, due) if due else {}
 
 

@@ -302,6 +302,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   peak = flops.peak_flops_per_device(jax.devices()[0])
   train_step = make_train_step(run.model, config, run.tokenizer.pad_id, run.state_shardings, run.mesh)
   evaluator = evaluate_lib.Evaluator(run.model, config, run.tokenizer)
+  eval_specs = evaluate_lib.eval_specs(config)
   state, step, skipped = run.state, start_step, 0
   window_start, window_steps, train_start = time.time(), 0, time.time()
   stop = preemption.StopRequest()
@@ -343,7 +344,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         return None
       if step % config.checkpoint_every_steps == 0 or step == config.total_steps:
         run.checkpoints.save(step, state, run.data_iterator)
-      scores = evaluate_lib.periodic_scores(evaluator, state.params, config, step) if step < config.total_steps else {}
+      scores = {}
+      if step < config.total_steps:
+        scores = evaluate_lib.periodic_scores(evaluator, state.params, config, step, eval_specs)
       if scores:
         split = config.eval.periodic_split
         writer.write(step, {f"{split}/{k}": v for k, v in scores.items()})

@@ -32,7 +32,7 @@ IMAGE_MAGIC, LABEL_MAGIC = 0x803, 0x801  # unsigned bytes, 3 and 1 dimensions
 ITEM_SIZE = 28
 MAX_ITEMS = 3
 NUMBER_WORDS = shapes.NUMBER_WORDS
-RELATIONS = {"x": ("left of", "right of"), "y": ("above", "below")}
+RELATIONS = shapes.RELATIONS
 ZERO_SHOT_TEMPLATES = ("{}", "a {}", "an image of a {}")
 
 _FILE_CACHE = {}  # path -> parsed array (read-only)
@@ -186,20 +186,6 @@ def _clear_pairs(items: list[dict], axis: str) -> list[tuple[dict, dict]]:
   return [(a, b) for a in items for b in items if _holds(a, forward, b)]
 
 
-def _true_relation(rng, pair, axis: str) -> tuple[dict, str, dict]:
-  """A true relation about (smaller, larger) on axis, stated in a random direction."""
-  smaller, larger = pair
-  forward, backward = RELATIONS[axis]
-  if rng.random() < 0.5:
-    return smaller, forward, larger
-  return larger, backward, smaller
-
-
-def _reverse(relation: str) -> str:
-  """'left of' <-> 'right of', 'above' <-> 'below'."""
-  return {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}[relation]
-
-
 # ----------------------------------------------------------------------------- captions & negatives
 
 def _canonical_caption(items: list[dict]) -> str:
@@ -217,7 +203,7 @@ def _relation_captions(rng, clear: dict) -> list[str]:
   """At most two true relation captions, from randomly chosen pairs, in random directions."""
   facts = [(axis, pair) for axis in ("x", "y") for pair in clear[axis]]
   order = rng.permutation(len(facts))[:2]
-  return [relation_caption(*_true_relation(rng, facts[i][1], facts[i][0])) for i in order]
+  return [relation_caption(*shapes.true_relation(rng, facts[i][1], facts[i][0])) for i in order]
 
 
 def _count_negative(rng, n: int) -> tuple[str, str]:
@@ -230,7 +216,7 @@ def _relation_negative(rng, pairs, axis: str) -> tuple[str, str]:
   """A true 'a <relation> b' vs. 'b <relation> a' (same words, items swapped), or ('', '')."""
   if not pairs:
     return "", ""
-  a, relation, b = _true_relation(rng, pairs[rng.integers(len(pairs))], axis)
+  a, relation, b = shapes.true_relation(rng, pairs[rng.integers(len(pairs))], axis)
   return relation_caption(a, relation, b), relation_caption(b, relation, a)
 
 
@@ -247,10 +233,10 @@ def _question_candidates(rng, items: list[dict], clear: dict) -> dict[str, list[
   candidates["relation"] = []
   for axis in ("x", "y"):
     for pair in clear[axis]:
-      a, relation, b = _true_relation(rng, pair, axis)
+      a, relation, b = shapes.true_relation(rng, pair, axis)
       answer = "yes"
       if rng.random() < 0.5:  # balance yes/no
-        relation, answer = _reverse(relation), "no"
+        relation, answer = shapes.reverse_relation(relation), "no"
       candidates["relation"].append((f"is the {a['name']} {relation} the {b['name']}?", answer))
   candidates["what"] = []
   for b in items:

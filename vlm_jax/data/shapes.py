@@ -138,7 +138,7 @@ def _clear_pairs(objects, axis: str, margin: float) -> list[tuple[dict, dict]]:
 RELATIONS = {"x": ("left of", "right of"), "y": ("above", "below")}
 
 
-def _true_relation(rng, pair, axis: str) -> tuple[dict, str, dict]:
+def true_relation(rng, pair, axis: str) -> tuple[dict, str, dict]:
   """A true relation about (smaller, larger) on axis, stated in a random direction."""
   smaller, larger = pair
   forward, backward = RELATIONS[axis]
@@ -147,7 +147,7 @@ def _true_relation(rng, pair, axis: str) -> tuple[dict, str, dict]:
   return larger, backward, smaller
 
 
-def _reverse(relation: str) -> str:
+def reverse_relation(relation: str) -> str:
   """'left of' <-> 'right of', 'above' <-> 'below'."""
   return {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}[relation]
 
@@ -158,7 +158,7 @@ def _relation_captions(rng, clear: dict) -> list[str]:
   """At most two true relation captions, from randomly chosen clearly separated pairs."""
   facts = [(axis, pair) for axis in ("x", "y") for pair in clear[axis]]
   order = rng.permutation(len(facts))[:2]
-  return [relation_caption(*_true_relation(rng, facts[i][1], facts[i][0])) for i in order]
+  return [relation_caption(*true_relation(rng, facts[i][1], facts[i][0])) for i in order]
 
 
 def _count_negative(rng, n: int) -> tuple[str, str]:
@@ -190,8 +190,8 @@ def _relation_negative(rng, pairs, axis: str) -> tuple[str, str]:
   """A true relation caption vs. the same caption with the relation reversed, or ('', '')."""
   if not pairs:
     return "", ""
-  a, relation, b = _true_relation(rng, pairs[rng.integers(len(pairs))], axis)
-  return relation_caption(a, relation, b), relation_caption(a, _reverse(relation), b)
+  a, relation, b = true_relation(rng, pairs[rng.integers(len(pairs))], axis)
+  return relation_caption(a, relation, b), relation_caption(a, reverse_relation(relation), b)
 
 
 # ----------------------------------------------------------------------------- questions
@@ -209,10 +209,10 @@ def _question_candidates(rng, objects, clear: dict) -> dict[str, list[tuple[str,
   for axis, qtype in (("x", "left_right"), ("y", "above_below")):
     candidates[qtype] = []
     for pair in clear[axis]:
-      a, relation, b = _true_relation(rng, pair, axis)
+      a, relation, b = true_relation(rng, pair, axis)
       answer = "yes"
       if rng.random() < 0.5:  # balance yes/no
-        relation, answer = _reverse(relation), "no"
+        relation, answer = reverse_relation(relation), "no"
       candidates[qtype].append((f"is the {object_name(a)} {relation} the {object_name(b)}?", answer))
   present = {(o["color"], o["shape"]) for o in objects}
   absent = [p for p in SEEN_PAIRS if p not in present]
