@@ -1,22 +1,17 @@
 """Config-driven evaluators (config.evals), the supervised ViT classifier, and small Fashion-MNIST runs."""
 
 import json
-import os
 
 import jax
 import numpy as np
 import pytest
 
 from vlm_jax import evaluate, train
-from vlm_jax.data import fashion_mnist
 from vlm_jax.errors import UserError
 from vlm_jax.models import build_model
 from vlm_jax import losses
 from test_train import load_config, tiny  # noqa: E402  (tests/ is on sys.path under pytest)
 
-HAVE_FASHION_MNIST = os.path.exists(os.path.join(fashion_mnist.data_dir(), "t10k-labels-idx1-ubyte.gz"))
-needs_fashion_mnist = pytest.mark.skipif(
-    not HAVE_FASHION_MNIST, reason="Debian's dataset-fashion-mnist is not installed (.ci/run installs it)")
 
 
 def test_default_evaluators_follow_the_model_and_prefix_the_extra_splits():
@@ -108,7 +103,6 @@ def fashion_tiny(name, data_dir, **overrides):
   return config
 
 
-@needs_fashion_mnist
 def test_small_fashion_mnist_coca_run_scores_zero_shot_and_captions(tmp_path):
   """The CI's small version of configs/fashion_mnist_coca.py: every configured evaluator lands in eval.json."""
   config = fashion_tiny("fashion_mnist_coca", str(tmp_path / "data"), total_steps=6, log_every_steps=3,
@@ -127,7 +121,6 @@ def test_small_fashion_mnist_coca_run_scores_zero_shot_and_captions(tmp_path):
   assert [m["step"] for m in periodic] == [3]
 
 
-@needs_fashion_mnist
 def test_small_fashion_mnist_classifier_run_learns_above_chance(tmp_path):
   config = fashion_tiny("fashion_mnist_vit", str(tmp_path / "data"), total_steps=200, log_every_steps=50,
                         eval_every_steps=1000, checkpoint_every_steps=200)

@@ -1,7 +1,8 @@
 """Tests of the Fashion-MNIST data: IDX parsing, scenes shaped like the shapes examples, the tfds builder,
 the classification iterator and zero-shot placement.
 
-Tests marked `needs_package` read Debian's dataset-fashion-mnist files and are skipped without them.
+"The real files" are the slice of Fashion-MNIST in tests/fixtures/fashion_mnist (conftest.py points
+$VLM_JAX_FASHION_MNIST_DIR there unless it is set, e.g. to Debian's full dataset-fashion-mnist).
 """
 
 import collections
@@ -19,10 +20,6 @@ from vlm_jax.data import tokenizer as tokenizer_lib
 from vlm_jax.errors import UserError
 from vlm_jax.evaluators import zero_shot
 
-HAVE_PACKAGE = all(os.path.exists(os.path.join(fashion_mnist.DEFAULT_DIR, f"{prefix}-{kind}-idx{n}-ubyte.gz"))
-                   for prefix in ("train", "t10k") for kind, n in (("images", 3), ("labels", 1)))
-needs_package = pytest.mark.skipif(
-    not HAVE_PACKAGE, reason=f"Debian package dataset-fashion-mnist not installed ({fashion_mnist.DEFAULT_DIR})")
 NAME = "|".join(re.escape(n) for n in fashion_mnist.CLASS_NAMES)
 ITEM = rf"(?:a|an) ({NAME})"
 
@@ -75,8 +72,6 @@ def holds(items, text):
 
 @pytest.fixture(scope="module")
 def train():
-  if not HAVE_PACKAGE:
-    pytest.skip(f"Debian package dataset-fashion-mnist not installed ({fashion_mnist.DEFAULT_DIR})")
   return fashion_mnist.load("train")
 
 
@@ -91,10 +86,11 @@ def scenes(train):
 def test_idx_files_round_trip_through_the_configured_folder(tmp_path, monkeypatch):
   arrays = write_fake_dataset(tmp_path)
   images, labels = fashion_mnist.load("train", str(tmp_path))
-  np.testing.assert_array_equal(images, arrays["train"][0])
-  np.testing.assert_array_equal(labels, arrays["train"][1])
+  n_train = fashion_mnist.train_size(40)
+  np.testing.assert_array_equal(images, arrays["train"][0][:n_train])
+  np.testing.assert_array_equal(labels, arrays["train"][1][:n_train])
   assert images.dtype == np.uint8 and labels.dtype == np.int32
-  assert len(fashion_mnist.load("validation", str(tmp_path))[0]) == 0  # validation = train[55000:]
+  assert len(fashion_mnist.load("validation", str(tmp_path))[0]) == 40 // 12  # the last twelfth of train
   # config.data.fashion_mnist_dir reaches the loader; images come back grey replicated in [-1, 1].
   split = pipeline.load_split(classifier_config(tmp_path), "test")
   np.testing.assert_array_equal(split["label"], arrays["t10k"][1])
@@ -176,19 +172,21 @@ def test_dataset_task_and_tokenizer_mismatches_are_user_errors(tmp_path):
 
 # ----------------------------------------------------------------------------- the real files
 
-@needs_package
 def test_splits_have_the_documented_sizes_and_balanced_labels(train):
-  assert train[0].shape == (55_000, 28, 28) and train[1].shape == (55_000,)
   validation = fashion_mnist.load("validation")
-  assert validation[0].shape == (5_000, 28, 28)
   images, labels = fashion_mnist.load("test")
-  assert images.shape == (10_000, 28, 28) and images.dtype == np.uint8
+  n_file = len(train[1]) + len(validation[1])
+  assert len(validation[1]) == n_file // 12 and train[0].shape == (n_file - n_file // 12, 28, 28)
+  assert images.dtype == np.uint8 and images.shape[1:] == (28, 28)
   for split_labels in (train[1], validation[1], labels):
     assert split_labels.min() == 0 and split_labels.max() == 9
-  assert np.bincount(labels).tolist() == [1000] * 10
+  if n_file == 60_000:  # the full files: 55 000 / 5000 / 10 000, the test split exactly balanced
+    assert len(labels) == 10_000 and np.bincount(labels).tolist() == [1000] * 10
+  else:  # the fixture slice: every class in every split
+    for split_labels in (train[1], validation[1], labels):
+      assert len(np.unique(split_labels)) == 10
 
 
-@needs_package
 def test_scenes_are_a_function_of_seed_split_index(train):
   images, labels = train
   make = lambda seed, split, i: fashion_mnist.make_scene(seed, split, i, images, labels)
@@ -201,7 +199,6 @@ def test_scenes_are_a_function_of_seed_split_index(train):
   assert set(first).isdisjoint(make(0, "validation", i)["scene"] for i in range(10))
 
 
-@needs_package
 def test_scenes_have_the_shapes_fields():
   expected = shapes.make_example(0, "train", 0)
   scene = fashion_mnist.make_scene(0, "test", 0, *fashion_mnist.load("test"))
@@ -211,7 +208,6 @@ def test_scenes_have_the_shapes_fields():
   assert scene["image"].mode == "RGB" and scene["image"].size == (56, 56)
 
 
-@needs_package
 def test_items_are_drawn_in_the_cells_the_scene_names(train, scenes):
   images, _ = train
   counts = collections.Counter()
@@ -236,7 +232,6 @@ def test_items_are_drawn_in_the_cells_the_scene_names(train, scenes):
   assert set(counts) == {1, 2, 3}
 
 
-@needs_package
 def test_captions_agree_with_the_cells(scenes):
   for scene in scenes:
     items = items_of(scene)
@@ -256,7 +251,6 @@ def test_captions_agree_with_the_cells(scenes):
   assert fashion_mnist.with_article("ankle boot") == "an ankle boot"
 
 
-@needs_package
 def test_hard_negatives_are_false_and_use_the_same_words(scenes):
   seen = set()
   for scene in scenes:
@@ -280,7 +274,6 @@ def test_hard_negatives_are_false_and_use_the_same_words(scenes):
   assert seen == {"count", "left_right", "above_below"}
 
 
-@needs_package
 def test_questions_have_correct_answers(scenes):
   counts = collections.Counter()
   for scene in scenes:
@@ -312,7 +305,6 @@ def test_questions_have_correct_answers(scenes):
     assert min(counts[qtype, "yes"], counts[qtype, "no"]) > 0.3 * (counts[qtype, "yes"] + counts[qtype, "no"])
 
 
-@needs_package
 def test_place_single_draws_image_i_in_cell_i_mod_4_as_a_scene_would(train):
   images, labels = fashion_mnist.load("test")
   placed = fashion_mnist.place_single(images[:8])
@@ -335,7 +327,7 @@ def test_place_single_draws_image_i_in_cell_i_mod_4_as_a_scene_would(train):
   with pytest.raises(UserError, match="even"):
     fashion_mnist.place_single(images[:1], 57)
   zs_images, zs_labels, names = pipeline.load_zero_shot(ml_collections.ConfigDict(dict(image_size=56)))
-  assert zs_images.shape == (10_000, 56, 56, 3) and zs_images.dtype == np.float32
+  assert zs_images.shape == (len(labels), 56, 56, 3) and zs_images.dtype == np.float32
   np.testing.assert_array_equal(zs_labels, labels)
   np.testing.assert_allclose(zs_images[:8], placed / 127.5 - 1, atol=1e-6)
   assert names == fashion_mnist.CLASS_NAMES
@@ -345,8 +337,6 @@ def test_place_single_draws_image_i_in_cell_i_mod_4_as_a_scene_would(train):
 
 @pytest.fixture(scope="module")
 def scenes_config(tmp_path_factory):
-  if not HAVE_PACKAGE:
-    pytest.skip(f"Debian package dataset-fashion-mnist not installed ({fashion_mnist.DEFAULT_DIR})")
   config = ml_collections.ConfigDict(dict(
       name="fashion_mnist_scenes", builder_config="tiny", data_dir=str(tmp_path_factory.mktemp("fm")),
       image_size=56, tokenizer="sentencepiece", max_text_len=24, vqa_caption_prob=0.2, fashion_mnist_dir=""))

@@ -9,12 +9,24 @@ import pytest
 from vlm_jax import decoding, losses
 from vlm_jax.evaluators import captioning, hardneg, retrieval, vqa
 
+# The closed forms are compared in float64. In float32 a log-softmax over logits of size s (up to 10 here)
+# carries an absolute error of a few eps32 * s ~ 1e-6, while the loss itself can be 3e-4 (n = 8, s = 10):
+# a relative error of 1e-2 that no rtol can call a match. In float64 the same error is ~1e-14 absolute,
+# ~1e-10 relative, so CLOSED_FORM_RTOL = 1e-9 is safe on any CPU and would catch any wrong term.
+CLOSED_FORM_RTOL = 1e-9
+
+
+@pytest.fixture
+def x64():
+  with jax.enable_x64(True):
+    yield
+
 
 @pytest.mark.parametrize("n,scale", [(2, 1.0), (4, 5.0), (8, 10.0)])
-def test_softmax_loss_for_orthonormal_pairs_is_the_closed_form(n, scale):
+def test_softmax_loss_for_orthonormal_pairs_is_the_closed_form(n, scale, x64):
   embeddings = jnp.eye(n, 16)
   loss, _ = losses.contrastive_softmax_loss(embeddings, embeddings, jnp.log(scale))
-  np.testing.assert_allclose(loss, np.log(1 + (n - 1) * np.exp(-scale)), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(loss, np.log1p((n - 1) * np.exp(-scale)), rtol=CLOSED_FORM_RTOL)
 
 
 def test_softmax_loss_temperature_is_clamped_at_100():
@@ -27,7 +39,7 @@ def test_softmax_loss_temperature_is_clamped_at_100():
   assert grad == 0.0
 
 
-def test_softmax_loss_matches_a_reference_on_random_embeddings():
+def test_softmax_loss_matches_a_reference_on_random_embeddings(x64):
   x = jax.random.normal(jax.random.key(0), (6, 5))
   y = jax.random.normal(jax.random.key(1), (6, 5))
   loss, _ = losses.contrastive_softmax_loss(x, y, jnp.log(3.0))
@@ -35,19 +47,19 @@ def test_softmax_loss_matches_a_reference_on_random_embeddings():
   labels = jnp.arange(6)
   expected = 0.5 * (optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
                     + optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean())
-  np.testing.assert_allclose(loss, expected, rtol=1e-6)
+  np.testing.assert_allclose(loss, expected, rtol=CLOSED_FORM_RTOL)
 
 
 @pytest.mark.parametrize("n,scale,bias", [(3, 10.0, -10.0), (5, 2.0, 1.0)])
-def test_sigmoid_loss_for_orthonormal_pairs_is_the_closed_form(n, scale, bias):
+def test_sigmoid_loss_for_orthonormal_pairs_is_the_closed_form(n, scale, bias, x64):
   embeddings = jnp.eye(n, 8)
   loss, _ = losses.contrastive_sigmoid_loss(embeddings, embeddings, jnp.log(scale), bias)
   log_sigmoid = lambda z: -np.log1p(np.exp(-z))
   expected = -(n * log_sigmoid(scale + bias) + n * (n - 1) * log_sigmoid(-bias)) / n
-  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+  np.testing.assert_allclose(loss, expected, rtol=CLOSED_FORM_RTOL)
 
 
-def test_identical_captions_count_as_positives():
+def test_identical_captions_count_as_positives(x64):
   tokens = jnp.array([[1, 4, 2], [1, 5, 2], [1, 4, 2]])
   positives = losses.same_text_mask(tokens)
   np.testing.assert_array_equal(positives, [[1, 0, 1], [0, 1, 0], [1, 0, 1]])
@@ -57,17 +69,17 @@ def test_identical_captions_count_as_positives():
   embeddings = jnp.eye(4)[jnp.array([0, 1, 0])]
   loss, metrics = losses.contrastive_softmax_loss(embeddings, embeddings, jnp.log(s), positives)
   expected = (2 * np.log(2 + np.exp(-s)) + np.log(1 + 2 * np.exp(-s))) / 3
-  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+  np.testing.assert_allclose(loss, expected, rtol=CLOSED_FORM_RTOL)
   assert metrics["contrastive_accuracy"] == 1.0  # the top text is always a positive
 
 
-def test_next_token_loss_ignores_padding_and_is_log_vocab_for_uniform_logits():
+def test_next_token_loss_ignores_padding_and_is_log_vocab_for_uniform_logits(x64):
   v = 7
   logits = jnp.zeros((2, 4, v))
   targets = jnp.array([[3, 1, 0, 0], [2, 0, 0, 0]])
   weights = targets != 0
   loss, _ = losses.next_token_loss(logits, targets, weights)
-  np.testing.assert_allclose(loss, np.log(v), rtol=1e-6)
+  np.testing.assert_allclose(loss, np.log(v), rtol=CLOSED_FORM_RTOL)
   changed_padding = logits.at[0, 3].set(jax.random.normal(jax.random.key(0), (v,)))
   np.testing.assert_allclose(losses.next_token_loss(changed_padding, targets, weights)[0], loss)
 
@@ -123,7 +135,8 @@ def test_hardneg_caption_and_vqa_scores():
   assert v["vqa/color"] == 0.0 and v["chance/vqa/count"] == 1.0
 
 
-def test_chunked_sigmoid_loss_equals_the_dense_loss_in_value_and_gradient():
+def test_chunked_sigmoid_loss_equals_the_dense_loss_in_value_and_gradient(x64):
+  """Same math, sums in another order: compared in float64 (64 terms: ~64 * eps64 of the terms' scale)."""
   keys = jax.random.split(jax.random.key(0), 3)
   normalize = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)
   images = normalize(jax.random.normal(keys[0], (8, 6)))
@@ -134,6 +147,6 @@ def test_chunked_sigmoid_loss_equals_the_dense_loss_in_value_and_gradient():
   dense = lambda i, t, s, b: losses.contrastive_sigmoid_loss(i, t, s, b, losses.same_text_mask(tokens))[0]
   for chunks in (1, 2, 4, 8):
     chunked = lambda i, t, s, b: losses.contrastive_sigmoid_loss_chunked(i, t, s, b, tokens, chunks)[0]
-    np.testing.assert_allclose(chunked(*args), dense(*args), rtol=1e-6)
+    np.testing.assert_allclose(chunked(*args), dense(*args), rtol=1e-12)
     for got, want in zip(jax.grad(chunked, argnums=(0, 1, 2, 3))(*args), jax.grad(dense, argnums=(0, 1, 2, 3))(*args)):
-      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)

@@ -44,6 +44,12 @@ def random_batch(config, seed=0):
   return {"image": rng.normal(size=(b, 16, 16, 3)).astype(np.float32), "text": text, "caption": text.copy()}
 
 
+def as_float64(tree):
+  """Floating leaves in float64 (needs jax_enable_x64): with float64 parameters and compute, nothing in a
+  step is rounded to float32, so two runs of the same math differ only by float64 rounding."""
+  return jax.tree.map(lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
 def sharded_run(config, steps=2):
   """Initial params, and per step (loss, grads) through the real sharded train step machinery."""
   model = build_model(config.model, vocab_size=VOCAB, max_len=config.data.max_text_len, eos_id=2, pad_id=0)
@@ -52,6 +58,8 @@ def sharded_run(config, steps=2):
   sample = train.sample_batch("contrastive_caption", 2, 16, config.data.max_text_len)
   state, shardings = train.create_train_state(model, train.make_optimizer(config), sample, jax.random.key(0),
                                               mesh, rules)
+  if config.model.dtype == "float64":
+    state = jax.device_put(as_float64(state), shardings)
   params0 = jax.device_get(state.params)
   grads_fn = jax.jit(train.make_loss_and_grads(model, config, 0),
                      in_shardings=(shardings.params, sharding.batch_sharding(mesh)))
@@ -82,20 +90,42 @@ def single_device_run(config, params, steps=2):
 
 
 _REFERENCE = {}
+# Compared in float64 (parameters, compute, optimizer state): what is left is float64 rounding.
+GRAD_RTOL = 1e-9
+# Float64 reductions in another order (the batch over 8 devices, the width over fsdp x tensor) differ by at
+# most ~n * eps64 * sum|terms| for n terms: with n < 2**14 and eps64 = 1.1e-16 that is < 2e-12 of the terms'
+# scale; an element of size g is then within ~2e-12 * scale / g relative, inside GRAD_RTOL for every
+# element above 1e-3 * scale. The atol bounds elements whose terms cancel to ~0 (a key bias's gradient is
+# 0 in exact arithmetic: softmax ignores a constant shift; it comes out as +-1e-18 noise). The largest
+# gradient element of the model stands for the terms' scale; 1e-9 of it leaves room.
+GRAD_ATOL_OF_MAX = 1e-9
+
+
+def assert_same_gradients(grads, reference):
+  scale = max(float(np.abs(np.asarray(g, np.float64)).max()) for g in jax.tree.leaves(reference))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64),
+                                                       rtol=GRAD_RTOL, atol=GRAD_ATOL_OF_MAX * scale),
+               grads, reference)
 
 
 @pytest.mark.parametrize("mesh", [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 4, 2)])
 def test_sharded_losses_and_gradients_equal_the_single_device_run(mesh):
-  config = tiny_config(**dict(zip(("data", "fsdp", "tensor"), mesh)))
-  params0, sharded, _ = sharded_run(config)
-  # One single-device reference for every mesh, from the first mesh's initial parameters: the initial
-  # parameters do not depend on the mesh (same seed), so another mesh's differing ones fail here too.
-  if "coca" not in _REFERENCE:
-    _REFERENCE["coca"] = single_device_run(config, jax.device_put(params0, jax.devices()[0]))
-  reference = _REFERENCE["coca"]
+  """Same math on any mesh: compared in float64, where reordered sums differ far below any real bug
+  (a missing all-reduce or a wrong mask changes gradients at O(1)). In float32, 8-way sums in another
+  order than 1-way round differently on each CPU's kernels (3.4e-4 relative on an Intel Xeon, where
+  cancelling terms leave a small sum), so no float32 bound is both safe and tight."""
+  with jax.enable_x64(True):
+    config = tiny_config(**dict(zip(("data", "fsdp", "tensor"), mesh)))
+    config.model.dtype = "float64"
+    params0, sharded, _ = sharded_run(config)
+    # One single-device reference for every mesh, from the first mesh's initial parameters: the initial
+    # parameters do not depend on the mesh (same seed), so another mesh's differing ones fail here too.
+    if "coca" not in _REFERENCE:
+      _REFERENCE["coca"] = single_device_run(config, jax.device_put(params0, jax.devices()[0]))
+    reference = _REFERENCE["coca"]
   for (loss, grads), (ref_loss, ref_grads) in zip(sharded, reference):
-    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), grads, ref_grads)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)  # a float64 scalar: sums of < 2**14 terms
+    assert_same_gradients(grads, ref_grads)
 
 
 def test_large_parameters_are_split_over_fsdp_and_tensor():
@@ -113,29 +143,35 @@ def test_large_parameters_are_split_over_fsdp_and_tensor():
 
 
 def test_chunked_sigmoid_loss_trains_like_the_dense_one_on_a_mesh():
-  dense = tiny_config(name="two_tower", contrastive="sigmoid", data=2, fsdp=2, tensor=2)
-  chunked = tiny_config(name="two_tower", contrastive="sigmoid", data=2, fsdp=2, tensor=2)
-  chunked.loss.sigmoid_chunks = 8
-  _, dense_results, _ = sharded_run(dense, steps=1)
-  _, chunked_results, _ = sharded_run(chunked, steps=1)
-  np.testing.assert_allclose(chunked_results[0][0], dense_results[0][0], rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-               chunked_results[0][1], dense_results[0][1])
+  """Same math, sums in another order: compared in float64, with the bounds of the test above."""
+  with jax.enable_x64(True):
+    dense = tiny_config(name="two_tower", contrastive="sigmoid", data=2, fsdp=2, tensor=2)
+    chunked = tiny_config(name="two_tower", contrastive="sigmoid", data=2, fsdp=2, tensor=2)
+    for config in (dense, chunked):
+      config.model.dtype = "float64"
+    chunked.loss.sigmoid_chunks = 8
+    _, dense_results, _ = sharded_run(dense, steps=1)
+    _, chunked_results, _ = sharded_run(chunked, steps=1)
+  np.testing.assert_allclose(chunked_results[0][0], dense_results[0][0], rtol=1e-12)
+  assert_same_gradients(chunked_results[0][1], dense_results[0][1])
 
 
 def test_gradient_accumulation_equals_the_full_batch_for_a_per_example_loss():
-  config = tiny_config(name="prefix_lm", contrastive="", data=8)
-  config.loss.caption_weight = 1.0
-  model = build_model(config.model, vocab_size=VOCAB, max_len=8, eos_id=2, pad_id=0)
-  batch = random_batch(config)
-  del batch["caption"]
-  batch["prefix_len"] = np.full((16,), 3, np.int32)
-  params = model.init(jax.random.key(0), batch)["params"]
-  full = train.make_loss_and_grads(model, config, 0)(params, batch)
-  config.grad_accum_steps = 4
-  accumulated = train.make_loss_and_grads(model, config, 0)(params, batch)
-  # Every micro-batch has the same number of answer tokens, so the mean of means is the mean.
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), accumulated[0], full[0])
+  """The mean of 4 micro-batch means is the full mean (equal answer-token counts): in float64, where the
+  reordered sums differ by ~n * eps64 (n = 16 examples x 7 tokens), not by float32's ~1e-7."""
+  with jax.enable_x64(True):
+    config = tiny_config(name="prefix_lm", contrastive="", data=8)
+    config.model.dtype = "float64"
+    config.loss.caption_weight = 1.0
+    model = build_model(config.model, vocab_size=VOCAB, max_len=8, eos_id=2, pad_id=0)
+    batch = random_batch(config)
+    del batch["caption"]
+    batch["prefix_len"] = np.full((16,), 3, np.int32)
+    params = as_float64(model.init(jax.random.key(0), batch)["params"])
+    full = train.make_loss_and_grads(model, config, 0)(params, batch)
+    config.grad_accum_steps = 4
+    accumulated = train.make_loss_and_grads(model, config, 0)(params, batch)
+  assert_same_gradients(accumulated[0], full[0])
 
 
 def test_mesh_that_does_not_fit_the_devices_is_a_clear_error():

@@ -70,7 +70,7 @@ def contrastive_sigmoid_loss_chunked(image_embedding, text_embedding, logit_scal
     signs = jnp.where(positives, 1.0, -1.0)
     return total + jnp.sum(jax.nn.log_sigmoid(signs * logits)), None
 
-  total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (texts, tokens))
+  total, _ = jax.lax.scan(body, jnp.zeros((), jnp.promote_types(image_embedding.dtype, jnp.float32)), (texts, tokens))
   loss = -total / n
   return loss, {"contrastive_loss": loss, "temperature_scale": scale, "logit_bias": logit_bias}
 
@@ -81,7 +81,8 @@ def next_token_loss(logits, targets, weights):
   logits float[B, T, V], targets int[B, T], weights float[B, T]. Returns (loss, metrics).
   """
   weights = weights.astype(jnp.float32)
-  token_loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+  token_loss = optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), targets)
   total = jnp.maximum(jnp.sum(weights), 1.0)
   loss = jnp.sum(token_loss * weights) / total
   accuracy = jnp.sum((jnp.argmax(logits, -1) == targets) * weights) / total

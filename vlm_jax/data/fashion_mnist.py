@@ -25,8 +25,15 @@ DIR_ENV = "VLM_JAX_FASHION_MNIST_DIR"
 CLASS_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
                "ankle boot")
 SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
-# The last 5000 training images are the validation split; t10k is the test split.
-TRAIN_SIZE = 55_000
+# The last twelfth of the training file is the validation split (5000 of the real 60 000 images); t10k is
+# the test split. A fraction, not a count, so a slice of the files (tests/fixtures) splits the same way.
+VALIDATION_FRACTION = 12
+
+
+def train_size(n_train_file: int) -> int:
+  """How many of the training file's images form the train split; the rest are the validation split."""
+  return n_train_file - n_train_file // VALIDATION_FRACTION
+
 FILES = {"train": "train", "validation": "train", "test": "t10k"}
 IMAGE_MAGIC, LABEL_MAGIC = 0x803, 0x801  # unsigned bytes, 3 and 1 dimensions
 ITEM_SIZE = 28
@@ -78,7 +85,8 @@ def _read_idx(path: str, magic: int) -> np.ndarray:
 
 
 def load(split: str, directory: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """(uint8[N,28,28] images, int32[N] labels) of 'train' (55000), 'validation' (5000) or 'test' (10000).
+  """(uint8[N,28,28] images, int32[N] labels) of 'train' (55000), 'validation' (5000) or 'test' (10000)
+  (the sizes of the full files).
 
   Arrays are cached per (folder, split) and read-only.
   """
@@ -97,10 +105,9 @@ def load(split: str, directory: str | None = None) -> tuple[np.ndarray, np.ndarr
                     f"is not one of the {len(CLASS_NAMES)} classes")
   labels = labels.astype(np.int32)
   labels.setflags(write=False)
-  if split == "train":
-    images, labels = images[:TRAIN_SIZE], labels[:TRAIN_SIZE]
-  elif split == "validation":
-    images, labels = images[TRAIN_SIZE:], labels[TRAIN_SIZE:]
+  if split in ("train", "validation"):
+    n = train_size(len(labels))
+    images, labels = (images[:n], labels[:n]) if split == "train" else (images[n:], labels[n:])
   _SPLIT_CACHE[(folder, split)] = images, labels
   return images, labels
 

@@ -14,7 +14,8 @@ from vlm_jax.models.two_tower import TwoTower
 from vlm_jax.models.vit import ViT
 
 MODEL_NAMES = ("two_tower", "coca", "prefix_lm", "causal_lm", "vit_classifier")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# float64 is for numerical tests (needs jax_enable_x64): "same math" compared without float32 rounding noise.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 
 
 def _dtype(config):

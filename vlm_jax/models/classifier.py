@@ -22,4 +22,4 @@ class ViTClassifier(nn.Module):
     head = nn.Dense(self.num_classes, dtype=self.dtype, name="head",
                     kernel_init=layers.partitioned(nn.initializers.zeros, ("embed", "classes")),
                     bias_init=layers.partitioned(nn.initializers.zeros, ("classes",)))
-    return {"class_logits": head(pooled).astype(jnp.float32)}, {"image": out}
+    return {"class_logits": layers.at_least_float32(head(pooled))}, {"image": out}

@@ -49,11 +49,11 @@ class CoCa(nn.Module):
   def encode_image(self, images):
     """-> (normalised float32[B, E], vision intermediates; out["encoded"] are the image tokens)."""
     pooled, out = self.vision(images)
-    return l2_normalize(self.image_projection(pooled).astype(jnp.float32)), out
+    return l2_normalize(layers.at_least_float32(self.image_projection(pooled))), out
 
   def encode_text(self, tokens):
     _, out = self.unimodal(tokens)
-    return l2_normalize(self.text_projection(out["pooled"]).astype(jnp.float32)), out
+    return l2_normalize(layers.at_least_float32(self.text_projection(out["pooled"]))), out
 
   def image_tokens(self, images):
     """float[B, H, W, 3] -> the tokens the multimodal half cross-attends, float[B, N, D]."""

@@ -24,6 +24,11 @@ def partitioned(init: Callable, names: tuple) -> Callable:
   return nn.with_logical_partitioning(init, names)
 
 
+def at_least_float32(x):
+  """x in float32, or in its own dtype when that is wider (float64 in numerical tests)."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def quick_gelu(x):
   """The sigmoid approximation of GELU used by OpenAI CLIP: x * sigmoid(1.702 x)."""
   return x * jax.nn.sigmoid(1.702 * x)
@@ -154,7 +159,7 @@ class MultiHeadAttention(nn.Module):
     if mask is not None:
       logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
     # Softmax in float32 whatever the compute dtype: bf16 exponentials lose the small weights.
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dtype)
+    weights = jax.nn.softmax(at_least_float32(logits), axis=-1).astype(dtype)
     self.sow("intermediates", "attention_weights", weights)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
     out_kernel = self.param("out_kernel",

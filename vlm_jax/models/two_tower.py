@@ -44,12 +44,12 @@ class TwoTower(nn.Module):
   def encode_image(self, images):
     """float[B, H, W, 3] -> (normalised float32[B, E], vision intermediates)."""
     pooled, out = self.vision(images)
-    return l2_normalize(self.image_projection(pooled).astype(jnp.float32)), out
+    return l2_normalize(layers.at_least_float32(self.image_projection(pooled))), out
 
   def encode_text(self, tokens):
     """int[B, T] -> (normalised float32[B, E], text intermediates)."""
     _, out = self.text(tokens)
-    return l2_normalize(self.text_projection(out["pooled"]).astype(jnp.float32)), out
+    return l2_normalize(layers.at_least_float32(self.text_projection(out["pooled"]))), out
 
   def __call__(self, batch):
     image_embedding, image_out = self.encode_image(batch["image"])
