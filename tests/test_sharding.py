@@ -142,6 +142,28 @@ def test_large_parameters_are_split_over_fsdp_and_tensor():
   assert kernel.addressable_shards[0].data.nbytes == kernel.nbytes // 8
 
 
+def test_dimensions_that_do_not_split_over_their_mesh_axes_are_replicated_with_one_warning(capsys):
+  """3 text heads over tensor=2: the heads dimension stays whole on every device, one line says so, and
+  the dimensions that do split (the MLP's) are still split."""
+  config = tiny_config(name="two_tower", data=4, fsdp=1, tensor=2)
+  config.model.text.update(width=48, num_heads=3, mlp_dim=64)
+  _, results, state = sharded_run(config, steps=1)
+  warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+  assert len(warnings) == 1 and "does not split over mesh axes ('tensor',) of size 2" in warnings[0], warnings
+  assert "replicated" in warnings[0] and "text/" in warnings[0]
+  split, whole = 0, 0
+  for path, param in jax.tree_util.tree_leaves_with_path(state.params):
+    name = jax.tree_util.keystr(path)
+    shard_shape = param.addressable_shards[0].data.shape
+    if name.startswith("['text']") and 3 in param.shape:  # a heads dimension of the text tower
+      whole += 1
+      assert shard_shape[param.shape.index(3)] == 3, name
+    elif "mlp" in name and param.ndim >= 2 and 64 in param.shape:
+      split += shard_shape[param.shape.index(64)] == 32
+  assert whole and split, (whole, split)
+  assert np.isfinite(results[0][0])
+
+
 def test_chunked_sigmoid_loss_trains_like_the_dense_one_on_a_mesh():
   """Same math, sums in another order: compared in float64, with the bounds of the test above."""
   with jax.enable_x64(True):

@@ -184,9 +184,3 @@ def test_llava_two_stages_freeze_what_they_should_and_chain_checkpoints(data_dir
   _, stage2_params = checkpointing.read_params(str(tmp_path / "stage2"))
   assert same(stage2_params["vision"], clip_params["vision"])  # still frozen
   assert not same(stage2_params["decoder"], lm_params["decoder"])  # now trained
-
-
-def test_heads_that_do_not_split_over_the_tensor_axis_are_a_clear_error(tmp_path):
-  result = run_cli("vlm_jax.train", "--config", "configs/shapes_clip.py", "--workdir", str(tmp_path / "w"),
-                   "--config.mesh.data=4", "--config.mesh.tensor=2")  # 3 heads over 2 devices
-  assert_one_clear_line(result, "does not split over mesh axes")

@@ -67,18 +67,42 @@ def global_batch(local_batch: dict, mesh) -> dict:
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
 
 
-def check_divisible(abstract_tree, shardings) -> None:
-  """UserError naming the first parameter whose sharded dimension does not split evenly over its mesh axes
-  (e.g. 3 heads over tensor=2), instead of XLA's error deep inside jit."""
-  for (path, leaf), named in zip(jax.tree_util.tree_leaves_with_path(abstract_tree), jax.tree.leaves(
-      shardings, is_leaf=lambda x: isinstance(x, NamedSharding))):
-    for dim, axes in enumerate(named.spec):
+def _leaf_name(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def fit_to_shapes(abstract_tree, shardings):
+  """`shardings` with every dimension that does not split evenly over its mesh axes replicated instead.
+
+  A rules table maps e.g. "heads" to the tensor axis for every model; a model with 3 heads on tensor=2
+  cannot split that dimension (XLA would fail deep inside jit), but it can keep it whole on every device
+  and still split the others. Returns (shardings, [(parameter, dimension, size, axes, axes' size), ...]).
+  """
+  replicated_dims = []
+
+  def fit(path, leaf, named):
+    spec = list(named.spec)
+    for dim, axes in enumerate(spec):
       if axes is None or dim >= len(leaf.shape):
         continue
-      axes = (axes,) if isinstance(axes, str) else axes
-      size = math.prod(named.mesh.shape[a] for a in axes)
+      axes_tuple = (axes,) if isinstance(axes, str) else tuple(axes)
+      size = math.prod(named.mesh.shape[a] for a in axes_tuple)
       if leaf.shape[dim] % size:
-        name = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
-        raise UserError(f"parameter {name} has {leaf.shape[dim]} along dimension {dim}, which does not split "
-                        f"over mesh axes {axes} of size {size}: change config.mesh or the model sizes "
-                        f"(e.g. num_heads, mlp_dim, width) so they divide evenly")
+        replicated_dims.append((_leaf_name(path), dim, leaf.shape[dim], axes_tuple, size))
+        spec[dim] = None
+    return NamedSharding(named.mesh, PartitionSpec(*spec)) if spec != list(named.spec) else named
+
+  fitted = jax.tree_util.tree_map_with_path(fit, abstract_tree, shardings,
+                                            is_leaf=lambda x: isinstance(x, NamedSharding))
+  return fitted, replicated_dims
+
+
+def describe_replicated(replicated_dims) -> str:
+  """One warning line for what `fit_to_shapes` replicated ('' if nothing)."""
+  if not replicated_dims:
+    return ""
+  name, dim, size, axes, axes_size = replicated_dims[0]
+  more = f" and {len(replicated_dims) - 1} more" if len(replicated_dims) > 1 else ""
+  return (f"warning: {name} has {size} along dimension {dim}, which does not split over mesh axes {axes} of "
+          f"size {axes_size}{more}: those dimensions are replicated (change config.mesh or the model sizes, "
+          f"e.g. num_heads, mlp_dim, width, to split them)")

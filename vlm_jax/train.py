@@ -130,8 +130,10 @@ def create_train_state(model, tx, batch: dict, rng, mesh, rules):
 
   with nn.logical_axis_rules(rules):
     abstract = jax.eval_shape(init, rng)
-    shardings = sharding.state_shardings(abstract, mesh, rules)
-    sharding.check_divisible(nn.meta.unbox(abstract), shardings)
+    shardings, replicated_dims = sharding.fit_to_shapes(nn.meta.unbox(abstract),
+                                                        sharding.state_shardings(abstract, mesh, rules))
+    if replicated_dims and jax.process_index() == 0:
+      print(sharding.describe_replicated(replicated_dims), flush=True)
     state = jax.jit(init, out_shardings=shardings)(rng)
   return nn.meta.unbox(state), shardings
 
@@ -319,20 +321,26 @@ def train_and_evaluate(config, workdir: str) -> dict:
           raise UserError(f"non-finite loss or gradient at step {step} (loss {float(metrics['loss'])}); the update "
                           f"was not applied and the last good checkpoint is kept ({run.checkpoints.latest_step()}); "
                           "lower config.optimizer.learning_rate or set config.nonfinite='skip'")
-      if step % config.log_every_steps == 0 or step == config.total_steps or step == start_step + 1:
+      if step == start_step + 1:  # step 1 includes compilation: time it apart from the steps after it
+        jax.block_until_ready(metrics)
+        compile_seconds, window_start, window_steps = time.time() - window_start, time.time(), 0
+      # The first line comes after the first compiled step, so its ETA is what this machine will take.
+      first_line = step == min(start_step + 2, config.total_steps)
+      if step % config.log_every_steps == 0 or step == config.total_steps or first_line:
         metrics = jax.device_get(metrics)
         elapsed = time.time() - window_start
         images_per_second = window_steps * config.batch_size / max(elapsed, 1e-9)
-        eta = (config.total_steps - step) * elapsed / window_steps
+        eta = (config.total_steps - step) * elapsed / max(window_steps, 1)
         tflops = window_steps * step_flops / max(elapsed, 1e-9) / jax.device_count() / 1e12
         writer.write(step, {**metrics, "images_per_second": images_per_second,
                             "tokens_per_second": images_per_second * flops.tokens_per_example(config),
                             "tflops_per_device": tflops, "mfu": tflops * 1e12 / peak, "skipped_steps": skipped,
                             "truncated_texts": pipeline.TRUNCATIONS.truncated,
                             "skipped_records": pipeline.BAD_RECORDS.truncated})
-        speed = (f"compiled and ran in {elapsed:.1f} s" if step == start_step + 1 else
-                 f"{images_per_second:.0f} img/s | {tflops:.3f} TFLOP/s/device | MFU {tflops * 1e12 / peak:.1%} | "
+        speed = (f"{images_per_second:.0f} img/s | {tflops:.3f} TFLOP/s/device | MFU {tflops * 1e12 / peak:.1%} | "
                  f"ETA {_format_duration(eta)}")
+        if first_line:
+          speed = f"compiled in {compile_seconds:.1f} s | " + speed + " on this machine"
         print(f"step {step}/{config.total_steps} | loss {metrics['loss']:.4f} | {speed}", flush=True)
         window_start, window_steps = time.time(), 0
       if stop.agreed():
