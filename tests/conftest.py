@@ -12,6 +12,18 @@ os.environ.setdefault("VLM_JAX_FASHION_MNIST_DIR", FASHION_MNIST_FIXTURE)
 import pytest  # noqa: E402  (after the environment above, before anything imports jax)
 
 
+def pytest_configure(config):
+  """One persistent compilation cache for the whole test session: its xdist workers, the processes tests
+  start and successive tests that build the same programs share compiled executables. A fresh folder per
+  session (under the session's base temp), so nothing carries over between runs."""
+  import tempfile
+  from vlm_jax import compilation_cache
+  worker = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
+  directory = os.path.join(tempfile.gettempdir(), f"vlm_jax_test_compilation_{worker}")
+  os.environ["VLM_JAX_COMPILATION_CACHE"] = directory
+  compilation_cache.enable(directory)
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
   """The "tiny" shapes variant, prepared once per test session."""

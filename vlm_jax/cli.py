@@ -50,7 +50,8 @@ def _run(argv, command: str):
     if not FLAGS.workdir:
       raise UserError("--workdir is required")
     _initialize_distributed()
-    from vlm_jax import train
+    from vlm_jax import compilation_cache, train
+    compilation_cache.enable()
     if command == "train":
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     else:

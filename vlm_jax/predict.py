@@ -228,6 +228,8 @@ def main(argv=None) -> int:
     if args.beams < 1:
       raise UserError(f"--beams must be >= 1, got {args.beams}")
     labels = parse_labels(args.labels) if args.labels is not None else None
+    from vlm_jax import compilation_cache
+    compilation_cache.enable()
     for result in predict(args.workdir, args.image, args.prompt, labels, args.beams):
       print(json.dumps(result) if args.json else _format(result), flush=True)
   except UserError as e:

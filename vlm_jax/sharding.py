@@ -80,7 +80,9 @@ def fit_to_shapes(abstract_tree, shardings):
   """
   replicated_dims = []
 
-  def fit(path, leaf, named):
+  def fit(path, named, leaf):
+    if not hasattr(leaf, "shape"):  # an empty node (optax's MaskedNode for a frozen parameter)
+      return named
     spec = list(named.spec)
     for dim, axes in enumerate(spec):
       if axes is None or dim >= len(leaf.shape):
@@ -92,7 +94,8 @@ def fit_to_shapes(abstract_tree, shardings):
         spec[dim] = None
     return NamedSharding(named.mesh, PartitionSpec(*spec)) if spec != list(named.spec) else named
 
-  fitted = jax.tree_util.tree_map_with_path(fit, abstract_tree, shardings,
+  # The shardings lead: where the state has an empty node, they hold a sharding nobody uses.
+  fitted = jax.tree_util.tree_map_with_path(fit, shardings, abstract_tree,
                                             is_leaf=lambda x: isinstance(x, NamedSharding))
   return fitted, replicated_dims
 
