@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -95,6 +96,20 @@ def test_user_mistakes_exit_1_with_one_line(coca_workdir, tmp_path, capsys, make
   assert predict.main(["--workdir", coca_workdir, *make_args(coca_workdir, tmp_path)]) == 1
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("vlm_jax.predict: error:") and message in err[0]
+
+
+def test_a_workdir_alone_is_enough_to_predict(coca_workdir, data_dir, images, tmp_path):
+  """Inference reads config.json, the workdir's own tokenizer.model and the parameters: no prepared data."""
+  from vlm_jax.data import tokenizer as tokenizer_lib
+  workdir = tmp_path / "alone"
+  shutil.copytree(coca_workdir, workdir)
+  tokenizer_lib.save_to_workdir(tokenizer_lib.load_tokenizer("sentencepiece", data_dir, "tiny"), str(workdir))
+  config = json.loads((workdir / "config.json").read_text())
+  config["data"]["data_dir"] = str(tmp_path / "no_data")
+  (workdir / "config.json").write_text(json.dumps(config))
+  alone = list(inference.predict(str(workdir), str(images / "a.png")))
+  assert alone == list(inference.predict(coca_workdir, str(images / "a.png")))
+  assert not (tmp_path / "no_data").exists()
 
 
 def test_a_two_tower_model_cannot_caption():

@@ -59,6 +59,7 @@ def test_tiny_run_lowers_the_loss_and_writes_eval_json(name, data_dir, tmp_path)
   assert ("img2txt_recall@1" in written) == (name != "shapes_llava")  # keys a model cannot produce are absent
   assert scores == {k: v for k, v in written.items() if k != "step"}
   assert os.path.isdir(tmp_path / "checkpoints" / "40")
+  assert os.path.exists(tmp_path / "tokenizer.model")  # with config.json, all that inference needs
   assert any(f.startswith("events") for f in os.listdir(tmp_path / "tensorboard"))
 
 

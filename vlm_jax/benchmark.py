@@ -91,7 +91,8 @@ def run_benchmark(config, *, steps: int = 10, warmup: int = 2, vocab_size: int =
   step_fn = trainer.make_train_step(model, config, PAD_ID, shardings, mesh)
   device = jax.devices()[0]
   peak = flops.peak_flops_per_device(device)  # measured on CPU: before the step runs, on an idle pool
-  host_batch = random_batch(model_module.FEATURES, config.batch_size, config.data.image_size, config.data.max_text_len, vocab_size)
+  host_batch = random_batch(model_module.FEATURES, config.batch_size, config.data.image_size,
+                            config.data.max_text_len, vocab_size)
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     batch = sharding.global_batch(host_batch, mesh)

@@ -91,8 +91,8 @@ class Evaluator:
     return self._memo[key]
 
   def _embed_texts(self, params, texts):
-    return _batched(lambda t: self.predict_fns["encode_text"](params, t), [tokenizer_lib.tokenize_all(self.tokenizer, texts, self.max_len)],
-                    self.config.eval.batch_size)
+    tokens = tokenizer_lib.tokenize_all(self.tokenizer, texts, self.max_len)
+    return _batched(lambda t: self.predict_fns["encode_text"](params, t), [tokens], self.config.eval.batch_size)
 
   def retrieval(self, params, split, spec) -> dict:
     data = self.load(split)
@@ -162,7 +162,8 @@ class Evaluator:
     templates = tuple(spec.get("templates") or zero_shot.DEFAULT_TEMPLATES)
     prompts = zero_shot.class_prompts(list(class_names), templates)
     classes = zero_shot.class_embeddings(self._embed_texts(params, prompts), len(templates))
-    image_embedding = _batched(lambda x: self.predict_fns["encode_image"](params, x), [images], self.config.eval.batch_size)
+    image_embedding = _batched(lambda x: self.predict_fns["encode_image"](params, x), [images],
+                               self.config.eval.batch_size)
     return zero_shot.zero_shot_metrics(image_embedding, classes, labels, ks=tuple(spec.get("ks") or (1, 5)))
 
   def classification(self, params, split, spec) -> dict:

@@ -105,9 +105,11 @@ def forward_flops(config, vocab_size: int, batch_size: int) -> dict:
   return {"vision": flops.vit_forward_flops(m.vision, config.data.image_size),
           **two_tower.contrastive_flops(m, batch_size),
           # The unimodal half runs twice: on the contrastive text (+ CLS) and on the caption to generate.
-          "text": flops.text_forward_flops(m.text, t + 1, m.text.depth) + flops.text_forward_flops(m.text, t - 1, m.text.depth),
-          "multimodal": flops.text_forward_flops(m.text, t - 1, m.multimodal.depth, cross_every=1, cross_keys=n_image,
-                                                 cross_width=m.vision.width, vocab_size=vocab_size)}
+          "text": (flops.text_forward_flops(m.text, t + 1, m.text.depth)
+                   + flops.text_forward_flops(m.text, t - 1, m.text.depth)),
+          "multimodal": flops.text_forward_flops(m.text, t - 1, m.multimodal.depth, cross_every=1,
+                                                 cross_keys=n_image, cross_width=m.vision.width,
+                                                 vocab_size=vocab_size)}
 
 
 def predict_fns(model: CoCa) -> dict:

@@ -67,9 +67,12 @@ def forward_flops(config, vocab_size: int, batch_size: int) -> dict:
   m, t = config.model, config.data.max_text_len
   n_image = (config.data.image_size // m.vision.patch_size) ** 2
   hidden = m.projector.hidden_dim or m.text.width
+  if m.projector.type == "mlp":
+    projector_flops = flops.dense_flops(n_image, m.vision.width, hidden) + flops.dense_flops(n_image, hidden, m.text.width)
+  else:
+    projector_flops = flops.dense_flops(n_image, m.vision.width, m.text.width)
   return {"vision": flops.vit_forward_flops(m.vision, config.data.image_size),
-          "projector": (flops.dense_flops(n_image, m.vision.width, hidden) + flops.dense_flops(n_image, hidden, m.text.width)
-                        if m.projector.type == "mlp" else flops.dense_flops(n_image, m.vision.width, m.text.width)),
+          "projector": projector_flops,
           "decoder": (flops.text_forward_flops(m.text, n_image + t - 1, m.text.depth)
                       + flops.dense_flops(t - 1, m.text.width, vocab_size))}
 

@@ -83,8 +83,8 @@ def build(config, *, vocab_size: int, max_len: int, eos_id: int, pad_id: int, dt
 def contrastive_flops(model_config, batch_size: int) -> dict:
   """The two projections to the embedding and this example's row of the B x B contrastive logits."""
   m = model_config
-  return {"projections": flops.dense_flops(1, m.vision.width, m.embed_dim) + flops.dense_flops(1, m.text.width, m.embed_dim),
-          "contrastive_logits": 2 * batch_size * m.embed_dim}
+  projections = flops.dense_flops(1, m.vision.width, m.embed_dim) + flops.dense_flops(1, m.text.width, m.embed_dim)
+  return {"projections": projections, "contrastive_logits": 2 * batch_size * m.embed_dim}
 
 
 def forward_flops(config, vocab_size: int, batch_size: int) -> dict:
