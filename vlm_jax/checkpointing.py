@@ -62,7 +62,7 @@ def read_params(workdir: str):
   # The state was saved whole (StandardSave); a PyTree handler can restore a part of it.
   registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
   registry.add("state", ocp.args.PyTreeRestore, ocp.PyTreeCheckpointHandler)
-  options = ocp.CheckpointManagerOptions(create=False, read_only=True)
+  options = ocp.CheckpointManagerOptions(create=False, read_only=True, save_interval_steps=0)
   with ocp.CheckpointManager(directory, options=options, handler_registry=registry) as manager:
     step = manager.latest_step()
     if step is None:

@@ -53,7 +53,7 @@ class Evaluator:
     self.predict_fns = inference.prediction_fns(
         model_module, model, decoding.DecodeConfig(method="greedy", max_steps=config.eval.max_decode_len),
         tokenizer.eos_id, tokenizer.pad_id)
-    self.caption_prompt = pipeline.CAPTION_PROMPTS[model_module.DATA_TASK]
+    self.data_task = model_module.DATA_TASK
 
   def load(self, split):
     if split not in self._splits:
@@ -115,7 +115,7 @@ class Evaluator:
 
   def captioning(self, params, split, spec) -> dict:
     data = self.load(split)
-    tokens, lengths = self._prompts([self.caption_prompt] * len(data["caption"]))
+    tokens, lengths = self._prompts([pipeline.CAPTION_PROMPTS[self.data_task]] * len(data["caption"]))
     predicted = self._generate(params, data["image"], tokens, lengths)
     metrics = captioning.caption_scores(predicted, self._reference_ids(data["caption"]), self.tokenizer.eos_id)
     # BLEU-4 / CIDEr-D / ROUGE-L (pycocoevalcap) against the canonical caption: the one form the

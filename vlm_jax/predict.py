@@ -17,6 +17,8 @@ import argparse
 import json
 import sys
 
+from absl import logging
+
 from vlm_jax import inference
 from vlm_jax.errors import UserError
 
@@ -37,6 +39,8 @@ def main(argv=None) -> int:
   parser.add_argument("--beams", type=int, default=1, help="beam search with this many beams (1: greedy)")
   parser.add_argument("--json", action="store_true", help="one JSON object per image")
   args = parser.parse_args(argv)
+  # orbax notes that the checkpoints are opened read-only, as asked: stderr is for the user's mistakes.
+  logging.set_verbosity(logging.ERROR)
   try:
     if args.beams < 1:
       raise UserError(f"--beams must be >= 1, got {args.beams}")
