@@ -13,8 +13,8 @@ What open_clip runs is its standard CLIP: a conv patch stem, a CLS token, learne
 CLS pooling; exact GELU (quick_gelu=False; vlm_jax's default activation is the tanh GELU); its text tower
 is causal with argmax pooling. vlm_jax's bench configs use mean pooling without a CLS token (one token
 fewer per image: 64 vs 65 and 196 vs 197). The FLOPs (hence MFU) of both are counted by
-`vlm_jax.flops.train_flops_per_step` from the same config, and both MFUs in the summary divide by the
-matmul peak measured in vlm_jax's process.
+`vlm_jax.flops.train_flops_per_step` from the same config (the model module's forward_flops), and both MFUs
+in the summary divide by the matmul peak measured in vlm_jax's process.
 
 torch threads: torch.set_num_threads(os.cpu_count()) unless OMP_NUM_THREADS is set; XLA:CPU likewise uses
 all cores. open_clip imports torchvision at import time but its CLIP never calls it; where torchvision is
@@ -24,7 +24,6 @@ module stands in for it, for the import only.
 
 import argparse
 import importlib.machinery
-import importlib.util
 import json
 import os
 import subprocess
@@ -35,13 +34,6 @@ import types
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIGS = "configs/bench_small.py,configs/bench_ti16.py"
 EOS_ID, BOS_ID = 2, 1
-
-
-def load_config(path: str):
-  spec = importlib.util.spec_from_file_location("bench_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def _stub_torchvision() -> None:
@@ -98,13 +90,13 @@ def open_clip_model(config):
 
 def worker(config_path: str, steps: int, warmup: int) -> dict:
   import numpy as np
-  from vlm_jax import flops
+  from vlm_jax import flops, models, run_config
   # The peak is measured first: once torch has run, its OpenMP threads spin for a while and slow jax down.
   peak = flops.measure_matmul_peak()  # the measurement vlm_jax.benchmark reports (jax, float32)
   import torch
   if "OMP_NUM_THREADS" not in os.environ:
     torch.set_num_threads(os.cpu_count())
-  config = load_config(config_path)
+  config = run_config.load_config(config_path)
   torch.manual_seed(config.seed)
   model, loss_fn, version = open_clip_model(config)
   model.train()
@@ -144,7 +136,8 @@ def worker(config_path: str, steps: int, warmup: int) -> dict:
     times.append(time.perf_counter() - start)
 
   step_s = float(np.median(times))
-  step_flops = flops.train_flops_per_step(config, config.bench_vocab_size)
+  forward = models.get(config.model.name).forward_flops(config, config.bench_vocab_size, config.batch_size)
+  step_flops = flops.train_flops_per_step(forward, config.batch_size)
   return {"benchmark": "open_clip", "open_clip_version": version, "torch_version": torch.__version__,
           "torch_threads": torch.get_num_threads(), "batch_size": b, "steps": steps,
           "img_per_s": b / step_s, "step_s": step_s, "step_s_min": float(np.min(times)), "warmup_s": warmup_s,

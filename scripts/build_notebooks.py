@@ -32,8 +32,7 @@ else:
 sys.path.insert(0, REPO)  # import vlm_jax and read configs/ from the checkout, installed or not
 print("vlm_jax from", REPO)'''
 
-COMMON = r'''import importlib.util
-import json
+COMMON = r'''import json
 import tempfile
 import time
 
@@ -42,7 +41,7 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from vlm_jax import train
+from vlm_jax import inference, models, run_config, trainer
 from vlm_jax.data import pipeline, shapes
 
 # VLM_JAX_FAST=1: the "tiny" data variant, narrow models and a few steps (what the tests run). The
@@ -54,10 +53,7 @@ WORKDIR = tempfile.mkdtemp(prefix="vlm_jax_nb_")  # every training run of this n
 
 def load_config(name):
   """configs/<name>.py's get_config(), as `python -m vlm_jax.train --config` would load it."""
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return run_config.load_config(os.path.join(REPO, "configs", f"{name}.py"))
 
 
 def notebook_config(name, steps, fast_steps):
@@ -250,15 +246,15 @@ config = notebook_config("shapes_clip", steps=600, fast_steps=12)
 config.model.vision.update(cls_token=True, pool="cls", depth=max(config.model.vision.depth, 2))
 clip_dir = os.path.join(WORKDIR, "clip")
 start = time.time()
-scores = train.train_and_evaluate(config, clip_dir)
+scores = trainer.train_and_evaluate(config, clip_dir)
 print(f"trained in {time.time() - start:.0f} s; test image->text R@1 {scores['img2txt_recall@1']:.2f} "
       f"(chance {scores['chance/img2txt_recall@1']:.2f})")'''),
     code(r'''
-from vlm_jax.models import build_vit
+from vlm_jax.models.towers import build_vit
 
-run = train.Run(config, clip_dir, for_training=False)
-step = run.restore_latest()
-vit_params = run.state.params["vision"]  # the ViT's parameters inside the CLIP
+clip = inference.restore(clip_dir)  # the config, tokenizer, model and latest parameters of the workdir
+step = clip.step
+vit_params = clip.params["vision"]  # the ViT's parameters inside the CLIP
 vit_model = build_vit(config.model.vision, jnp.float32)  # the same ViT, as a standalone module
 test = pipeline.load_split(config.data, "test")
 images = test["image"][:6]
@@ -414,7 +410,7 @@ for i, ax in enumerate(axes):
     md(r'''
 ## Training
 
-`train.train_and_evaluate(config, workdir)` is the whole loop: it builds the model the config names,
+`trainer.train_and_evaluate(config, workdir)` is the whole loop: it builds the model the config names,
 trains for `total_steps`, checkpoints, and returns the test split's scores (also in `workdir/eval.json`).
 The same call trains both models; only the config differs.
 '''),
@@ -424,7 +420,7 @@ runs = {"CLIP": (clip_config, os.path.join(WORKDIR, "clip")), "CoCa": (coca_conf
 scores = {}
 for name, (config, workdir) in runs.items():
   start = time.time()
-  scores[name] = train.train_and_evaluate(config, workdir)
+  scores[name] = trainer.train_and_evaluate(config, workdir)
   print(f"== {name}: {config.total_steps} steps in {time.time() - start:.0f} s\n")'''),
     md(r'''
 ## Loss curves
@@ -451,17 +447,17 @@ print("keys logged:", sorted(k for k in read_metrics(runs["CoCa"][1])[-2] if k !
 
 Both models embed images and texts into unit vectors; a caption's score for an image is their dot product.
 Below, each test image with the three best-scoring distinct captions of the test split (✓ = its own).
-`Run(config, workdir, for_training=False).restore_latest()` reloads a trained model from its workdir.
+`inference.restore(workdir)` reloads a trained model (config, tokenizer, parameters) from its workdir, and
+its model module's `predict_fns` are what the evaluators call: here the two embeddings.
 '''),
     code(r'''
 from vlm_jax import decoding
-from vlm_jax import evaluate as evaluate_lib
+from vlm_jax.data import tokenizer as tokenizer_lib
 
 restored = {}
 for name, (config, workdir) in runs.items():
-  run = train.Run(config, workdir, for_training=False)
-  run.restore_latest()
-  restored[name] = (run, evaluate_lib.Evaluator(run.model, config, run.tokenizer))
+  trained = inference.restore(workdir)
+  restored[name] = (trained, models.get(config.model.name).predict_fns(trained.model))
 
 captions = sorted(set(test["caption"]))
 shown = list(range(5))
@@ -469,10 +465,10 @@ fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.6))
 for ax, i in zip(axes, shown):
   show(test["image"][i], ax)
   lines = [f"true: {test['caption'][i]}"]
-  for name, (run, evaluator) in restored.items():
-    tokens = evaluate_lib.tokenize_all(run.tokenizer, captions, run.config.data.max_text_len)
-    text_embedding = np.asarray(evaluator.encode_text(run.state.params, tokens))
-    image_embedding = np.asarray(evaluator.encode_image(run.state.params, test["image"][i:i + 1]))[0]
+  for name, (trained, fns) in restored.items():
+    tokens = tokenizer_lib.tokenize_all(trained.tokenizer, captions, trained.config.data.max_text_len)
+    text_embedding = np.asarray(fns["encode_text"](trained.params, tokens))
+    image_embedding = np.asarray(fns["encode_image"](trained.params, test["image"][i:i + 1]))[0]
     similarity = text_embedding @ image_embedding
     for rank, j in enumerate(np.argsort(-similarity)[:3]):
       mark = "✓" if captions[j] == test["caption"][i] else " "
@@ -486,14 +482,14 @@ Only CoCa can write. `decoding.make_generate` runs its multimodal decoder with a
 buffer starts with the BOS token, and each step appends the most likely next token (greedy) until EOS.
 '''),
     code(r'''
-run, _ = restored["CoCa"]
-tok = run.tokenizer
-n, max_len = 8, run.config.data.max_text_len
+coca, _ = restored["CoCa"]
+tok = coca.tokenizer
+n, max_len = 8, coca.config.data.max_text_len
 buffer = np.full((n, max_len), tok.pad_id, np.int32)
 buffer[:, 0] = tok.bos_id
-generate = decoding.make_generate(run.model, decoding.DecodeConfig("greedy", max_steps=max_len - 1),
+generate = decoding.make_generate(coca.model, decoding.DecodeConfig("greedy", max_steps=max_len - 1),
                                   tok.eos_id, tok.pad_id)
-out, _ = generate(run.state.params, test["image"][:n], buffer, np.ones((n,), np.int32), jax.random.key(0))
+out, _ = generate(coca.params, test["image"][:n], buffer, np.ones((n,), np.int32), jax.random.key(0))
 generated = [tok.decode(decoding.generated_ids(row, 1, tok.eos_id, tok.pad_id)) for row in np.asarray(out)]
 
 fig, axes = plt.subplots(1, n, figsize=(2 * n, 2.6))
@@ -578,7 +574,7 @@ lm_config = notebook_config("shapes_lm", steps=400, fast_steps=10)
 clip_dir, lm_dir = os.path.join(WORKDIR, "clip"), os.path.join(WORKDIR, "lm")
 for name, config, workdir in (("CLIP", clip_config, clip_dir), ("LM", lm_config, lm_dir)):
   start = time.time()
-  train.train_and_evaluate(config, workdir)
+  trainer.train_and_evaluate(config, workdir)
   print(f"== {name}: {config.total_steps} steps in {time.time() - start:.0f} s\n")'''),
     md(r'''
 ## Stage 1: train the projector only
@@ -592,13 +588,14 @@ stage1 = notebook_config("llava_stage1", steps=300, fast_steps=10)
 stage1.init_from = (("vision", clip_dir, "vision"), ("decoder", lm_dir, "decoder"))
 stage1_dir = os.path.join(WORKDIR, "llava_stage1")
 print("frozen:", stage1.freeze, "| vision layer:", stage1.model.vision_layer)
-scores1 = train.train_and_evaluate(stage1, stage1_dir)
+scores1 = trainer.train_and_evaluate(stage1, stage1_dir)
 
-run1 = train.Run(stage1, stage1_dir, for_training=False)
-run1.restore_latest()
-mask = train.frozen_mask(run1.state.params, stage1.freeze)
-sizes = jax.tree.map(lambda p, frozen: (p.size, frozen), run1.state.params, mask)
-for part in run1.state.params:
+from vlm_jax import train_state
+
+run1 = inference.restore(stage1_dir)
+mask = train_state.frozen_mask(run1.params, stage1.freeze)
+sizes = jax.tree.map(lambda p, frozen: (p.size, frozen), run1.params, mask)
+for part in run1.params:
   leaves = jax.tree.leaves(sizes[part], is_leaf=lambda x: isinstance(x, tuple))
   n, frozen = sum(s for s, _ in leaves), all(f for _, f in leaves)
   print(f"  {part:10s} {n:9,d} parameters  {'frozen' if frozen else 'TRAINED'}")'''),
@@ -614,7 +611,7 @@ stage2 = notebook_config("llava_stage2", steps=600, fast_steps=10)
 stage2.init_from = (("", stage1_dir, ""),)
 stage2_dir = os.path.join(WORKDIR, "llava_stage2")
 print("frozen:", stage2.freeze)
-scores2 = train.train_and_evaluate(stage2, stage2_dir)
+scores2 = trainer.train_and_evaluate(stage2, stage2_dir)
 
 fig, ax = plt.subplots(figsize=(7, 3))
 offset = 0
@@ -635,8 +632,7 @@ stage 1 never saw a question, so it tends to answer with a caption.
     code(r'''
 from vlm_jax import decoding
 
-run2 = train.Run(stage2, stage2_dir, for_training=False)
-run2.restore_latest()
+run2 = inference.restore(stage2_dir)
 tok, max_len = run2.tokenizer, stage2.data.max_text_len
 test = pipeline.load_split(stage2.data, "test")
 rows = [(i, q, a) for i in range(6) for q, a in zip(test["questions"][i], test["answers"][i])][:12]
@@ -654,7 +650,7 @@ def answers(params):
   return [tok.decode(decoding.generated_ids(row, s, tok.eos_id, tok.pad_id)) for row, s in zip(np.asarray(out), start)]
 
 
-stage1_answers, stage2_answers = answers(run1.state.params), answers(run2.state.params)
+stage1_answers, stage2_answers = answers(run1.params), answers(run2.params)
 print(f"{'question':44s} {'true':10s} {'stage 2':14s} stage 1")
 for (i, question, truth), a2, a1 in zip(rows, stage2_answers, stage1_answers):
   print(f"{question:44s} {truth:10s} {a2:14s} {a1}")

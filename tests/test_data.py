@@ -188,6 +188,15 @@ def test_missing_tokenizer_is_a_user_error(tmp_path):
     tokenizer_lib.load_tokenizer("sentencepiece", str(tmp_path), "tiny")
 
 
+def test_a_tokenizer_saved_under_its_old_name_is_still_read(tmp_path):
+  """Data prepared before the rename (shapes_tokenizer.model, for every dataset) needs no new preparation."""
+  assert tokenizer_lib.tokenizer_path(str(tmp_path)) is None
+  tokenizer_lib.train_sentencepiece(["a red circle", "a blue square"], str(tmp_path / "shapes_tokenizer"))
+  assert tokenizer_lib.tokenizer_path(str(tmp_path)) == str(tmp_path / "shapes_tokenizer.model")
+  tokenizer_lib.train_sentencepiece(["a red circle"], str(tmp_path / "tokenizer"))
+  assert tokenizer_lib.tokenizer_path(str(tmp_path)) == str(tmp_path / tokenizer_lib.TOKENIZER_FILENAME)
+
+
 # ----------------------------------------------------------------------------- preparation
 
 def test_prepare_is_idempotent(data_dir, capsys):

@@ -6,17 +6,17 @@ import jax
 import numpy as np
 import pytest
 
-from vlm_jax import evaluate, train
+from vlm_jax import evaluation, losses, models, run_config, trainer
 from vlm_jax.errors import UserError
+from vlm_jax.evaluators.specs import eval_specs
 from vlm_jax.models import build_model
-from vlm_jax import losses
 from test_train import load_config, tiny  # noqa: E402  (tests/ is on sys.path under pytest)
 
 
 
 def test_default_evaluators_follow_the_model_and_prefix_the_extra_splits():
   config = load_config("shapes_coca")
-  specs = evaluate.eval_specs(config)
+  specs = eval_specs(config)
   main = [(s["type"], s["prefix"]) for s in specs if s["split"] == config.eval.split]
   assert main == [("retrieval", ""), ("hardneg", ""), ("captioning", "")]
   extra = {(s["type"], s["prefix"]) for s in specs if s["split"] == "compositional"}
@@ -24,7 +24,7 @@ def test_default_evaluators_follow_the_model_and_prefix_the_extra_splits():
   # Periodic evaluation: the main split's evaluators every eval_every_steps, the extra splits only at the end.
   assert {s["every"] for s in specs if s["split"] == config.eval.split} == {config.eval_every_steps}
   assert {s["every"] for s in specs if s["split"] == "compositional"} == {0}
-  llava = {s["type"] for s in evaluate.eval_specs(load_config("shapes_llava"))}
+  llava = {s["type"] for s in eval_specs(load_config("shapes_llava"))}
   assert llava == {"captioning", "vqa", "pope"}
 
 
@@ -32,7 +32,7 @@ def test_configured_evaluators_replace_the_defaults_with_their_split_period_and_
   config = load_config("shapes_clip")
   config.evals.r = dict(type="retrieval", split="validation", every=7)
   config.evals.h = dict(type="hardneg", every=0, prefix="probe/")
-  specs = {s["name"]: s for s in evaluate.eval_specs(config)}
+  specs = {s["name"]: s for s in eval_specs(config)}
   assert set(specs) == {"r", "h"}
   assert (specs["r"]["split"], specs["r"]["every"], specs["r"]["prefix"]) == ("validation", 7, "validation/")
   assert (specs["h"]["split"], specs["h"]["every"], specs["h"]["prefix"]) == ("test", 0, "probe/")
@@ -48,11 +48,11 @@ def test_bad_evaluator_entries_name_the_key(entry, needle):
   config = load_config("shapes_clip")
   config.evals.e = entry
   with pytest.raises(UserError, match=needle.replace("(", r"\(").replace(")", r"\)")):
-    train.run_config.validate(config)
+    run_config.validate(config)
 
 
 class RecordingEvaluator:
-  """Stands in for evaluate.Evaluator: records which evaluators ran on which split."""
+  """Stands in for evaluation.Evaluator: records which evaluators ran on which split."""
 
   def __init__(self):
     self.calls = []
@@ -68,7 +68,7 @@ def test_periodic_scores_run_the_due_evaluators_on_the_periodic_split():
   config.evals.rarely = dict(type="hardneg", every=3)
   config.evals.never = dict(type="retrieval", every=0)
   recorder = RecordingEvaluator()
-  due = {step: evaluate.periodic_scores(recorder, None, config, step) for step in range(1, 7)}
+  due = {step: evaluation.periodic_scores(recorder, None, config, step) for step in range(1, 7)}
   assert {step: sorted(d) for step, d in due.items()} == {
       1: [], 2: ["often"], 3: ["rarely"], 4: ["often"], 5: [], 6: ["often", "rarely"]}
   assert {split for split, _ in recorder.calls} == {config.eval.periodic_split}
@@ -82,7 +82,8 @@ def test_classifier_starts_uniform_so_its_loss_is_log_classes_and_it_learns_a_ba
   rng = np.random.default_rng(0)
   batch = {"image": rng.normal(size=(8, 28, 28, 3)).astype(np.float32), "label": np.arange(8) % 10}
   params = model.init(jax.random.key(0), batch)["params"]
-  loss_fn = lambda p: losses.compute_loss(config.loss, model.apply({"params": p}, batch)[0], batch, 0)
+  terms = models.get(config.model.name).LOSS_TERMS
+  loss_fn = lambda p: losses.compute_loss(config.loss, terms, model.apply({"params": p}, batch)[0], batch, 0)
   loss, metrics = loss_fn(params)
   np.testing.assert_allclose(loss, np.log(10), rtol=1e-6)
   import optax
@@ -108,7 +109,7 @@ def test_small_fashion_mnist_coca_run_scores_zero_shot_and_captions(tmp_path):
   config = fashion_tiny("fashion_mnist_coca", str(tmp_path / "data"), total_steps=6, log_every_steps=3,
                         eval_every_steps=1000, checkpoint_every_steps=6)
   config.evals.zero_shot.every = 3  # also periodically, on the validation images
-  train.train_and_evaluate(config, str(tmp_path / "run"))
+  trainer.train_and_evaluate(config, str(tmp_path / "run"))
   with open(tmp_path / "run" / "eval.json") as f:
     scores = json.load(f)
   for key in ("img2txt_recall@1", "hardneg/count", "hardneg/left_right", "caption_exact_match", "bleu4", "cider",
@@ -125,6 +126,6 @@ def test_small_fashion_mnist_classifier_run_learns_above_chance(tmp_path):
   config = fashion_tiny("fashion_mnist_vit", str(tmp_path / "data"), total_steps=200, log_every_steps=50,
                         eval_every_steps=1000, checkpoint_every_steps=200)
   config.batch_size = 64
-  scores = train.train_and_evaluate(config, str(tmp_path / "run"))
+  scores = trainer.train_and_evaluate(config, str(tmp_path / "run"))
   assert scores["chance/accuracy"] == pytest.approx(0.1)
   assert scores["accuracy"] > 0.5, scores  # 10 classes: a ViT learns the easy ones within 200 steps

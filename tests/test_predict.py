@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -9,14 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlm_jax import predict
+from vlm_jax import inference, predict
+from vlm_jax.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _make_workdir(path, data_dir, model_name):
   """A workdir as training leaves it (config.json + a checkpoint), with a tiny random-init model."""
-  from vlm_jax import run_config, train
+  from vlm_jax import run, run_config
   config = run_config.base_config()
   config.model.name = model_name
   config.data.builder_config, config.data.data_dir = "tiny", data_dir
@@ -29,9 +31,9 @@ def _make_workdir(path, data_dir, model_name):
   os.makedirs(path)
   with open(os.path.join(path, "config.json"), "w") as f:
     f.write(config.to_json(indent=1))
-  run = train.Run(config, str(path), for_training=False)
-  run.checkpoints.save(1, run.state, None)
-  run.checkpoints.close()
+  built = run.Run(config, str(path), for_training=False)
+  built.checkpoints.save(1, built.state, None)
+  built.checkpoints.close()
   return str(path)
 
 
@@ -69,7 +71,7 @@ def test_cli_captions_every_image_of_a_folder_as_json_lines(coca_workdir, images
 
 def test_zero_shot_labels_get_probabilities_and_the_most_likely_label(coca_workdir, images):
   labels = ["red circle", "blue square", "green triangle"]
-  rows = list(predict.predict(coca_workdir, str(images / "a.png"), labels=labels))
+  rows = list(inference.predict(coca_workdir, str(images / "a.png"), labels=labels))
   assert len(rows) == 1 and set(rows[0]) == {"image", "label", "scores"}
   scores = rows[0]["scores"]
   assert list(scores) == labels and np.isclose(sum(scores.values()), 1.0, atol=1e-5)
@@ -96,8 +98,22 @@ def test_user_mistakes_exit_1_with_one_line(coca_workdir, tmp_path, capsys, make
   assert len(err) == 1 and err[0].startswith("vlm_jax.predict: error:") and message in err[0]
 
 
+def test_a_workdir_alone_is_enough_to_predict(coca_workdir, data_dir, images, tmp_path):
+  """Inference reads config.json, the workdir's own tokenizer.model and the parameters: no prepared data."""
+  from vlm_jax.data import tokenizer as tokenizer_lib
+  workdir = tmp_path / "alone"
+  shutil.copytree(coca_workdir, workdir)
+  tokenizer_lib.save_to_workdir(tokenizer_lib.load_tokenizer("sentencepiece", data_dir, "tiny"), str(workdir))
+  config = json.loads((workdir / "config.json").read_text())
+  config["data"]["data_dir"] = str(tmp_path / "no_data")
+  (workdir / "config.json").write_text(json.dumps(config))
+  alone = list(inference.predict(str(workdir), str(images / "a.png")))
+  assert alone == list(inference.predict(coca_workdir, str(images / "a.png")))
+  assert not (tmp_path / "no_data").exists()
+
+
 def test_a_two_tower_model_cannot_caption():
-  with pytest.raises(predict.UserError, match="cannot generate text"):
-    predict.task_for("two_tower", None, None)
-  assert predict.task_for("coca", None, None) == "caption"
-  assert predict.task_for("prefix_lm", "why?", None) == "answer"
+  with pytest.raises(UserError, match="cannot generate text"):
+    inference.task_for("two_tower", None, None)
+  assert inference.task_for("coca", None, None) == "caption"
+  assert inference.task_for("prefix_lm", "why?", None) == "answer"

@@ -8,7 +8,7 @@ import shlex
 
 import pytest
 
-from vlm_jax import run_config, train
+from vlm_jax import run_config, trainer
 from test_train import REPO, load_config  # noqa: E402  (tests/ is on sys.path under pytest)
 
 PLACEHOLDERS = ("NAME", "DIR", "...", "HOST0", "BUCKET")
@@ -84,7 +84,7 @@ def test_readme_scaling_out_example_trains_a_few_steps(data_dir, tmp_path, capsy
   config.update(total_steps=3, log_every_steps=1, checkpoint_every_steps=3, eval_every_steps=100)
   config.data.update(builder_config="tiny", data_dir=data_dir)
   config.eval.update(extra_splits=(), batch_size=64)
-  scores = train.train_and_evaluate(config, str(tmp_path / "run"))
+  scores = trainer.train_and_evaluate(config, str(tmp_path / "run"))
   out = capsys.readouterr().out
   assert "replicated" in out and "step 3/3" in out, out[-2000:]
   assert 0.0 <= scores["img2txt_recall@1"] <= 1.0

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from vlm_jax import checkpointing, train
+from vlm_jax import checkpointing, run, trainer
 from vlm_jax.data import pipeline
 from vlm_jax.errors import UserError
 from test_train import REPO, load_config, read_metrics, tiny
@@ -93,13 +93,13 @@ def test_sigterm_saves_at_the_current_step_and_the_rerun_resumes_there(data_dir,
 def test_a_damaged_latest_checkpoint_is_reported_and_the_previous_one_restored(data_dir, tmp_path, capsys):
   config = tiny(load_config("shapes_clip"), data_dir, total_steps=8, log_every_steps=4, eval_every_steps=1000,
                 checkpoint_every_steps=4)
-  train.train_and_evaluate(config, str(tmp_path))
+  trainer.train_and_evaluate(config, str(tmp_path))
   for root, _, files in os.walk(tmp_path / "checkpoints" / "8"):
     for name in files:
       with open(os.path.join(root, name), "r+b") as f:
         f.truncate(0)
-  run = train.Run(config, str(tmp_path), for_training=True)
-  assert run.restore_latest() == 4
+  restored = run.Run(config, str(tmp_path), for_training=True)
+  assert restored.restore_latest() == 4
   assert f"checkpoints/8 is unreadable" in capsys.readouterr().out
   assert os.path.isdir(tmp_path / "checkpoints" / "8")  # reported, not deleted
 
@@ -123,7 +123,7 @@ def test_a_nan_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(
   config = tiny(load_config("shapes_clip"), data_dir, total_steps=8, log_every_steps=1, eval_every_steps=1000,
                 checkpoint_every_steps=2)
   with pytest.raises(UserError, match="non-finite loss or gradient at step 3"):
-    train.train_and_evaluate(config, str(tmp_path))
+    trainer.train_and_evaluate(config, str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
   _, params = checkpointing.read_params(str(tmp_path))
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
@@ -134,7 +134,7 @@ def test_nonfinite_skip_mode_skips_the_update_and_counts_it(data_dir, tmp_path, 
   config = tiny(load_config("shapes_clip"), data_dir, total_steps=6, log_every_steps=1, eval_every_steps=1000,
                 checkpoint_every_steps=6)
   config.nonfinite = "skip"
-  train.train_and_evaluate(config, str(tmp_path))
+  trainer.train_and_evaluate(config, str(tmp_path))
   last = [m for m in read_metrics(tmp_path) if "loss" in m][-1]
   assert last["step"] == 6 and last["skipped_steps"] == 1 and np.isfinite(last["loss"])
 
@@ -143,7 +143,7 @@ def test_a_checkpoint_from_a_2x2x2_mesh_restores_on_one_device(data_dir, tmp_pat
   config = tiny(load_config("shapes_clip"), data_dir, total_steps=4, log_every_steps=4, eval_every_steps=1000,
                 checkpoint_every_steps=4)
   config.mesh.update(data=2, fsdp=2, tensor=2)
-  trained = train.train_and_evaluate(config, str(tmp_path))
+  trained = trainer.train_and_evaluate(config, str(tmp_path))
   result = subprocess.run(
       [sys.executable, "-m", "vlm_jax.evaluate", "--config", os.path.join(REPO, "configs/shapes_clip.py"),
        "--workdir", str(tmp_path), f"--config.data.data_dir={data_dir}", *SMALL, "--config.total_steps=4",
@@ -179,10 +179,10 @@ def test_bad_records_are_skipped_and_counted_or_fatal_as_configured(data_dir):
   import ml_collections
   config = ml_collections.ConfigDict(dict(name="shapes", builder_config="tiny", data_dir=data_dir))
   good = pipeline.open_split(config, "train")[0]
-  before = pipeline.BAD_RECORDS.truncated
+  before = pipeline.SKIPPED_RECORDS.skipped
   skipping = pipeline.MemoizedSource(FlakySource(good), "skip")
   assert [skipping[i] is None for i in range(4)] == [False, True, True, False]
-  assert pipeline.BAD_RECORDS.truncated == before + 2
+  assert pipeline.SKIPPED_RECORDS.skipped == before + 2
   failing = pipeline.MemoizedSource(FlakySource(good), "fail")
   with pytest.raises(UserError, match="cannot decode record 1 of the train split"):
     failing[1]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from jax.sharding import SingleDeviceSharding
 
-from vlm_jax import flops, sharding, train
+from vlm_jax import evaluation, flops, models, run, run_config, sharding, train_state, trainer
 from vlm_jax.errors import UserError
 from vlm_jax.models import build_model
 from vlm_jax.run_config import base_config
@@ -55,15 +55,15 @@ def sharded_run(config, steps=2):
   model = build_model(config.model, vocab_size=VOCAB, max_len=config.data.max_text_len, eos_id=2, pad_id=0)
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.logical_rules(config)
-  sample = train.sample_batch("contrastive_caption", 2, 16, config.data.max_text_len)
-  state, shardings = train.create_train_state(model, train.make_optimizer(config), sample, jax.random.key(0),
-                                              mesh, rules)
+  sample = models.sample_batch(models.get(config.model.name).FEATURES, 2, 16, config.data.max_text_len)
+  state, shardings = train_state.create_train_state(model, train_state.make_optimizer(config), sample,
+                                                    jax.random.key(0), mesh, rules)
   if config.model.dtype == "float64":
     state = jax.device_put(as_float64(state), shardings)
   params0 = jax.device_get(state.params)
-  grads_fn = jax.jit(train.make_loss_and_grads(model, config, 0),
+  grads_fn = jax.jit(trainer.make_loss_and_grads(model, config, 0),
                      in_shardings=(shardings.params, sharding.batch_sharding(mesh)))
-  step_fn = train.make_train_step(model, config, 0, shardings, mesh)
+  step_fn = trainer.make_train_step(model, config, 0, shardings, mesh)
   results = []
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     for i in range(steps):
@@ -77,9 +77,9 @@ def sharded_run(config, steps=2):
 def single_device_run(config, params, steps=2):
   """The reference: no mesh, everything on one device, plain jit."""
   model = build_model(config.model, vocab_size=VOCAB, max_len=config.data.max_text_len, eos_id=2, pad_id=0)
-  tx = train.make_optimizer(config)
-  state = train.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
-  grads_fn = jax.jit(train.make_loss_and_grads(model, config, 0))
+  tx = train_state.make_optimizer(config)
+  state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+  grads_fn = jax.jit(trainer.make_loss_and_grads(model, config, 0))
   results = []
   for i in range(steps):
     batch = random_batch(config, i)
@@ -190,9 +190,9 @@ def test_gradient_accumulation_equals_the_full_batch_for_a_per_example_loss():
     del batch["caption"]
     batch["prefix_len"] = np.full((16,), 3, np.int32)
     params = as_float64(model.init(jax.random.key(0), batch)["params"])
-    full = train.make_loss_and_grads(model, config, 0)(params, batch)
+    full = trainer.make_loss_and_grads(model, config, 0)(params, batch)
     config.grad_accum_steps = 4
-    accumulated = train.make_loss_and_grads(model, config, 0)(params, batch)
+    accumulated = trainer.make_loss_and_grads(model, config, 0)(params, batch)
   assert_same_gradients(accumulated[0], full[0])
 
 
@@ -217,8 +217,9 @@ def test_flop_count_matches_a_hand_count_for_a_tiny_two_tower():
   # Text: 3 tokens. QKVO 4 * 2*3*8*8 = 1536, scores + AV 2 * 2*3*3*8 = 288, MLP 2 * 2*3*8*16 = 1536 -> 3360.
   # Projections 2*8*4 * 2 = 128; contrastive logits: this example's row, 2 * B * E = 16.
   forward = 7680 + 3360 + 128 + 16
-  assert flops.train_flops_per_step(config, vocab_size=10) == 3 * forward * 2
-  assert flops.train_flops_per_step(config, 10, multipliers={"vision": 1}) == (3 * forward - 2 * 7680) * 2
+  parts = models.get(config.model.name).forward_flops(config, vocab_size=10, batch_size=config.batch_size)
+  assert flops.train_flops_per_step(parts, config.batch_size) == 3 * forward * 2
+  assert flops.train_flops_per_step(parts, config.batch_size, multipliers={"vision": 1}) == (3 * forward - 2 * 7680) * 2
 
 
 def _free_port():
@@ -249,20 +250,16 @@ def test_two_processes_train_together_and_their_checkpoint_restores_on_another_m
   assert len(losses[0]) == 4 and losses[0] == losses[1]
 
   # One process, 8 devices, mesh (2, 2, 2): the 4-device checkpoint restores and evaluates.
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("clip", os.path.join(repo, "configs/shapes_clip.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = run_config.load_config(os.path.join(repo, "configs/shapes_clip.py"))
   config.data.update(data_dir=data_dir, builder_config="tiny")
   config.update(total_steps=4, batch_size=16, log_every_steps=1, checkpoint_every_steps=4, eval_every_steps=100)
   config.model.vision.update(width=32, depth=1, num_heads=2)
   config.model.text.update(width=32, depth=1, num_heads=2)
   config.mesh.update(data=2, fsdp=2, tensor=2)
   config.eval.update(extra_splits=(), batch_size=64)
-  run = train.Run(config, str(workdir), for_training=False)
-  assert run.restore_latest() == 4
-  leaf = jax.tree.leaves(run.state.params)[0]
+  restored = run.Run(config, str(workdir), for_training=False)
+  assert restored.restore_latest() == 4
+  leaf = jax.tree.leaves(restored.state.params)[0]
   assert len(leaf.sharding.mesh.devices.flat) == 8
-  scores = train.evaluate_checkpoint(config, str(workdir))
+  scores = evaluation.evaluate_checkpoint(config, str(workdir))
   assert 0.0 <= scores["img2txt_recall@1"] <= 1.0

@@ -1,6 +1,5 @@
 """End to end: a tiny run learns, resumes at the right step, and bad input fails with one clear line."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -9,16 +8,13 @@ import sys
 import optax
 import pytest
 
-from vlm_jax import train
+from vlm_jax import evaluation, run, run_config, train_state, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(name: str):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return run_config.load_config(os.path.join(REPO, "configs", f"{name}.py"))
 
 
 def tiny(config, data_dir, **overrides):
@@ -48,7 +44,7 @@ def read_metrics(workdir):
 def test_tiny_run_lowers_the_loss_and_writes_eval_json(name, data_dir, tmp_path):
   config = tiny(load_config(name), data_dir, total_steps=40, log_every_steps=10, eval_every_steps=1000,
                 checkpoint_every_steps=40)
-  scores = train.train_and_evaluate(config, str(tmp_path))
+  scores = trainer.train_and_evaluate(config, str(tmp_path))
   losses = [m["loss"] for m in read_metrics(tmp_path) if "loss" in m]
   assert losses[-1] < 0.8 * losses[0], losses
   with open(tmp_path / "eval.json") as f:
@@ -63,16 +59,17 @@ def test_tiny_run_lowers_the_loss_and_writes_eval_json(name, data_dir, tmp_path)
   assert ("img2txt_recall@1" in written) == (name != "shapes_llava")  # keys a model cannot produce are absent
   assert scores == {k: v for k, v in written.items() if k != "step"}
   assert os.path.isdir(tmp_path / "checkpoints" / "40")
+  assert os.path.exists(tmp_path / "tokenizer.model")  # with config.json, all that inference needs
   assert any(f.startswith("events") for f in os.listdir(tmp_path / "tensorboard"))
 
 
 def test_rerunning_resumes_from_the_latest_checkpoint_at_the_right_step(data_dir, tmp_path, capsys):
   config = tiny(load_config("shapes_clip"), data_dir, total_steps=12, log_every_steps=4,
                 eval_every_steps=1000, checkpoint_every_steps=6)
-  train.train_and_evaluate(config, str(tmp_path))
+  trainer.train_and_evaluate(config, str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["12", "6"]
   config.total_steps = 20
-  train.train_and_evaluate(config, str(tmp_path))
+  trainer.train_and_evaluate(config, str(tmp_path))
   assert f"resumed from {tmp_path}/checkpoints/12" in capsys.readouterr().out
   steps = [m["step"] for m in read_metrics(tmp_path) if "loss" in m]
   # Each run's first line comes after its first compiled step: 2, then 14 (resumed at 13, not at 1).
@@ -83,9 +80,9 @@ def test_rerunning_resumes_from_the_latest_checkpoint_at_the_right_step(data_dir
 def test_evaluate_restores_the_latest_checkpoint_and_matches_training(data_dir, tmp_path):
   config = tiny(load_config("shapes_clip"), data_dir, total_steps=8, log_every_steps=4,
                 eval_every_steps=1000, checkpoint_every_steps=8)
-  trained = train.train_and_evaluate(config, str(tmp_path))
+  trained = trainer.train_and_evaluate(config, str(tmp_path))
   os.remove(tmp_path / "eval.json")
-  evaluated = train.evaluate_checkpoint(config, str(tmp_path))
+  evaluated = evaluation.evaluate_checkpoint(config, str(tmp_path))
   assert evaluated == trained
   assert os.path.exists(tmp_path / "eval.json")
 
@@ -131,7 +128,7 @@ def test_unwritable_workdir_fails_with_one_clear_line(tmp_path):
 def test_workdir_of_another_model_is_refused_and_left_untouched(data_dir, tmp_path):
   config = tiny(load_config("shapes_clip"), data_dir, total_steps=4, log_every_steps=4,
                 eval_every_steps=1000, checkpoint_every_steps=4)
-  train.train_and_evaluate(config, str(tmp_path))
+  trainer.train_and_evaluate(config, str(tmp_path))
   before = {p: os.path.getmtime(os.path.join(r, p)) for r, _, fs in os.walk(tmp_path) for p in fs}
   result = run_cli("vlm_jax.train", "--config", "configs/shapes_coca.py", "--workdir", str(tmp_path),
                    f"--config.data.data_dir={data_dir}", "--config.data.builder_config=tiny")
@@ -158,11 +155,11 @@ def test_llava_two_stages_freeze_what_they_should_and_chain_checkpoints(data_dir
     return config
 
   clip, lm = str(tmp_path / "clip"), str(tmp_path / "lm")
-  train.train_and_evaluate(small(load_config("shapes_clip"), 4), clip)
-  train.train_and_evaluate(small(load_config("shapes_lm"), 4), lm)
+  trainer.train_and_evaluate(small(load_config("shapes_clip"), 4), clip)
+  trainer.train_and_evaluate(small(load_config("shapes_lm"), 4), lm)
   stage1 = small(load_config("llava_stage1"), 6)
   stage1.init_from = (("vision", clip, "vision"), ("decoder", lm, "decoder"))
-  train.train_and_evaluate(stage1, str(tmp_path / "stage1"))
+  trainer.train_and_evaluate(stage1, str(tmp_path / "stage1"))
 
   _, clip_params = checkpointing.read_params(clip)
   _, lm_params = checkpointing.read_params(lm)
@@ -170,18 +167,18 @@ def test_llava_two_stages_freeze_what_they_should_and_chain_checkpoints(data_dir
   same = lambda a, b: jax.tree.all(jax.tree.map(np.array_equal, a, b))
   assert same(stage1_params["vision"], clip_params["vision"])  # loaded, then frozen
   assert same(stage1_params["decoder"], lm_params["decoder"])
-  run = train.Run(stage1, str(tmp_path / "stage1"), for_training=False)
-  run.restore_latest()
-  adam_state = run.state.opt_state.inner_states
+  restored = run.Run(stage1, str(tmp_path / "stage1"), for_training=False)
+  restored.restore_latest()
+  adam_state = restored.state.opt_state.inner_states
   assert jax.tree.leaves(adam_state["frozen"]) == []  # set_to_zero keeps nothing for frozen params
   moments = adam_state["trained"].inner_state[1][0].mu
-  trained_paths = {train.param_path(p) for p, x in jax.tree_util.tree_leaves_with_path(moments)
+  trained_paths = {train_state.param_path(p) for p, x in jax.tree_util.tree_leaves_with_path(moments)
                    if not isinstance(x, optax.MaskedNode)}
   assert trained_paths and all(p.startswith("projector/") for p in trained_paths)
 
   stage2 = small(load_config("llava_stage2"), 4)
   stage2.init_from = (("", str(tmp_path / "stage1"), ""),)
-  train.train_and_evaluate(stage2, str(tmp_path / "stage2"))
+  trainer.train_and_evaluate(stage2, str(tmp_path / "stage2"))
   _, stage2_params = checkpointing.read_params(str(tmp_path / "stage2"))
   assert same(stage2_params["vision"], clip_params["vision"])  # still frozen
   assert not same(stage2_params["decoder"], lm_params["decoder"])  # now trained

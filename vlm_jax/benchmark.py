@@ -3,7 +3,7 @@
     python -m vlm_jax.benchmark --config configs/bench_small.py [--steps 10] [--warmup 2]
     python -m vlm_jax.benchmark --config configs/bench_ti16.py --config.batch_size=16
 
-The step is `train.make_train_step` itself (loss, gradients, global-norm clipping, AdamW, the non-finite
+The step is `trainer.make_train_step` itself (loss, gradients, global-norm clipping, AdamW, the non-finite
 guard), compiled and warmed up before the clock starts; inputs are random images (normal) and random
 token ids with an EOS at a random position. No data set and no tokenizer: the vocabulary size comes from
 `config.bench_vocab_size` (the bench configs set it) or --vocab_size.
@@ -43,9 +43,8 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from vlm_jax import flops, run_config, sharding, train  # noqa: E402
+from vlm_jax import flops, models, run_config, sharding, train_state, trainer  # noqa: E402
 from vlm_jax.errors import UserError  # noqa: E402
-from vlm_jax.models import build_model  # noqa: E402
 
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 
@@ -58,8 +57,9 @@ flags.DEFINE_string("profile_dir", "", "If set, a jax profiler trace of the time
 FLAGS = flags.FLAGS
 
 
-def random_batch(task: str, batch_size: int, image_size: int, max_len: int, vocab_size: int, seed: int = 0) -> dict:
-  """Random images and token ids: BOS, random tokens, EOS at a random position, then padding."""
+def random_batch(features, batch_size: int, image_size: int, max_len: int, vocab_size: int, seed: int = 0) -> dict:
+  """The model's batch `features` at random: normal images; token ids BOS, random tokens, EOS at a random
+  position, then padding; prompts a quarter of the text long; random labels below 10."""
   rng = np.random.default_rng(seed)
   batch = {"image": rng.normal(size=(batch_size, image_size, image_size, 3)).astype(np.float32)}
   text = rng.integers(EOS_ID + 1, vocab_size, size=(batch_size, max_len), dtype=np.int32)
@@ -68,12 +68,9 @@ def random_batch(task: str, batch_size: int, image_size: int, max_len: int, voca
   for row, end in enumerate(ends):
     text[row, end] = EOS_ID
     text[row, end + 1:] = PAD_ID
-  batch["text"] = text
-  if task == "vqa":
-    batch["prefix_len"] = np.full((batch_size,), max_len // 4, np.int32)
-  else:
-    batch["caption"] = text.copy()
-  return batch
+  batch.update(text=text, caption=text.copy(), prefix_len=np.full((batch_size,), max_len // 4, np.int32),
+               label=rng.integers(0, 10, size=batch_size).astype(np.int32))
+  return {name: batch[name] for name in features}
 
 
 def run_benchmark(config, *, steps: int = 10, warmup: int = 2, vocab_size: int = 0, profile_dir: str = "") -> dict:
@@ -85,16 +82,17 @@ def run_benchmark(config, *, steps: int = 10, warmup: int = 2, vocab_size: int =
     raise UserError("--steps and --warmup must be at least 1")
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.logical_rules(config)
-  task = train.TASKS[config.model.name]
-  model = build_model(config.model, vocab_size=vocab_size, max_len=config.data.max_text_len,
-                      eos_id=EOS_ID, pad_id=PAD_ID)
-  tx = train.make_optimizer(config)
-  sample = train.sample_batch(task, 2, config.data.image_size, config.data.max_text_len)
-  state, shardings = train.create_train_state(model, tx, sample, jax.random.key(config.seed), mesh, rules)
-  step_fn = train.make_train_step(model, config, PAD_ID, shardings, mesh)
+  model_module = models.get(config.model.name)
+  model = models.build_model(config.model, vocab_size=vocab_size, max_len=config.data.max_text_len,
+                             eos_id=EOS_ID, pad_id=PAD_ID)
+  tx = train_state.make_optimizer(config)
+  sample = models.sample_batch(model_module.FEATURES, 2, config.data.image_size, config.data.max_text_len)
+  state, shardings = train_state.create_train_state(model, tx, sample, jax.random.key(config.seed), mesh, rules)
+  step_fn = trainer.make_train_step(model, config, PAD_ID, shardings, mesh)
   device = jax.devices()[0]
   peak = flops.peak_flops_per_device(device)  # measured on CPU: before the step runs, on an idle pool
-  host_batch = random_batch(task, config.batch_size, config.data.image_size, config.data.max_text_len, vocab_size)
+  host_batch = random_batch(model_module.FEATURES, config.batch_size, config.data.image_size,
+                            config.data.max_text_len, vocab_size)
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     batch = sharding.global_batch(host_batch, mesh)
@@ -118,7 +116,8 @@ def run_benchmark(config, *, steps: int = 10, warmup: int = 2, vocab_size: int =
       jax.profiler.stop_trace()
 
   step_s, step_s_min = float(np.median(times)), float(np.min(times))
-  step_flops = flops.train_flops_per_step(config, vocab_size)
+  step_flops = flops.train_flops_per_step(model_module.forward_flops(config, vocab_size, config.batch_size),
+                                          config.batch_size)
   matmul_peak = peak * jax.local_device_count() if device.platform == "cpu" else peak
   tflops = step_flops / step_s / jax.device_count() / 1e12
   m = config.model

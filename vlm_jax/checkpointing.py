@@ -54,13 +54,22 @@ class Checkpoints:
 
 
 def read_params(workdir: str):
-  """(step, params as numpy arrays) of the latest checkpoint in another run's workdir, for initialising."""
+  """(step, params as numpy arrays) of the latest checkpoint in a workdir: only the parameters are read,
+  not the optimizer state or the data iterator (for inference, and for initialising another run)."""
   directory = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints")
   if not os.path.isdir(directory):
-    raise UserError(f"no checkpoints in {directory} to initialise from; train that run first")
-  with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False, read_only=True)) as manager:
+    raise UserError(f"no checkpoints in {directory}; train that run first")
+  # The state was saved whole (StandardSave); a PyTree handler can restore a part of it.
+  registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+  registry.add("state", ocp.args.PyTreeRestore, ocp.PyTreeCheckpointHandler)
+  options = ocp.CheckpointManagerOptions(create=False, read_only=True, save_interval_steps=0)
+  with ocp.CheckpointManager(directory, options=options, handler_registry=registry) as manager:
     step = manager.latest_step()
     if step is None:
-      raise UserError(f"no checkpoint in {directory} to initialise from; train that run first")
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  return step, jax.tree.map(np.asarray, restored["state"]["params"])
+      raise UserError(f"no checkpoint in {directory}; train that run first")
+    saved = manager.item_metadata(step)["state"]
+    params = getattr(saved, "tree", saved)["params"]
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), params)
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item={"params": params}, restore_args={"params": as_numpy}, partial_restore=True)))
+  return step, restored["state"]["params"]

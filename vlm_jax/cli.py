@@ -1,7 +1,8 @@
 """Command-line flags and error handling shared by `python -m vlm_jax.train` and `python -m vlm_jax.evaluate`.
 
-Library code never parses flags: this module turns them into calls of `train.train_and_evaluate` and
-`train.evaluate_checkpoint`. A UserError becomes one line on stderr and exit status 1, no traceback.
+Library code never parses flags: this module, imported only by the entry modules train.py and evaluate.py,
+turns them into calls of `trainer.train_and_evaluate` and `evaluation.evaluate_checkpoint`. A UserError
+becomes one line on stderr and exit status 1, no traceback.
 """
 
 import functools
@@ -11,6 +12,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from vlm_jax import run_config
 from vlm_jax.errors import UserError
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file, e.g. configs/shapes_coca.py.",
@@ -41,21 +43,19 @@ def _run(argv, command: str):
   try:
     if FLAGS.config is None:
       raise UserError("--config is required, e.g. --config configs/shapes_coca.py")
-    try:
-      FLAGS.config.keys()  # ml_collections loads lazily and reports a missing file only on first use
-    except OSError as e:
-      reason = [line.strip() for line in str(e).splitlines() if line.strip().startswith("[Errno")]
-      raise UserError(f"cannot load --config {FLAGS['config'].config_filename}: "
-                      f"{reason[0] if reason else str(e).splitlines()[0]}") from None
+    run_config.check_loaded(FLAGS.config, f"--config {FLAGS['config'].config_filename}")
     if not FLAGS.workdir:
       raise UserError("--workdir is required")
     _initialize_distributed()
-    from vlm_jax import compilation_cache, train
+    from vlm_jax import compilation_cache  # noqa: PLC0415
     compilation_cache.enable()
+    # Imported once the flags are good: a mistake in them is reported before the data pipeline loads.
     if command == "train":
-      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+      from vlm_jax import trainer  # noqa: PLC0415
+      trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     else:
-      train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
+      from vlm_jax import evaluation  # noqa: PLC0415
+      evaluation.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
   except UserError as e:
     print(f"vlm_jax.{command}: error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)

@@ -3,10 +3,10 @@
 Two paths:
 - `greedy_decode(logits_fn, ...)`: recomputes the whole sequence at every step. Exact and model-agnostic
   (`logits_fn(tokens int[B, L]) -> float[B, L, V]` is the model with its image features bound); it is the
-  reference the cached path is tested against, and what evaluate.py uses.
-- `generate(model, params, images, tokens, start, config=...)`: keys/values cached (models/cached.py), so a
-  step costs one position; greedy, temperature / top-k / top-p sampling, and beam search with a length
-  penalty; stops at EOS; rows have their own prompt lengths. Jit it with `make_generate`.
+  reference the cached path is tested against.
+- `generate(model, params, images, tokens, start, config=...)`: keys and values cached, so a step costs one
+  position; greedy, temperature / top-k / top-p sampling, and beam search with a length penalty; stops at
+  EOS; rows have their own prompt lengths. Jit it with `make_generate`: evaluation and inference do.
 
 Buffers: tokens int[B, L] hold each row's prompt left-aligned with padding after it; start int[B] is where
 each row's generated text begins (its prompt length). Generated tokens are written from `start` on; the

@@ -1,5 +1,7 @@
 """FLOPs of one training step, counted from the config, and the hardware peaks that MFU divides by.
 
+Each model module counts its own forward pass (`forward_flops`) with the helpers here.
+
 Conventions (MaxText / PaLM style): a multiply-add is 2 FLOPs; attention scores are counted over the full
 T x T square even where a causal mask zeroes half of them; layer norms, softmax, activations and the
 optimizer are left out (they are a few percent at these widths). Training costs 3x the forward pass
@@ -52,47 +54,24 @@ def text_forward_flops(text, tokens: int, depth: int, *, cross_every: int = 0, c
   return flops + dense_flops(tokens, text.width, vocab_size)
 
 
-def forward_flops_per_example(config, vocab_size: int, batch_size: int) -> dict:
-  """Forward FLOPs of one example, by component; the contrastive logits are shared by the batch."""
-  m, image_size, t = config.model, config.data.image_size, config.data.max_text_len
-  n_image = (image_size // m.vision.patch_size) ** 2
-  parts = {"vision": vit_forward_flops(m.vision, image_size)}
-  if m.name == "vit_classifier":
-    parts["head"] = dense_flops(1, m.vision.width, m.num_classes)
-  if m.name in ("two_tower", "coca"):
-    parts["projections"] = dense_flops(1, m.vision.width, m.embed_dim) + dense_flops(1, m.text.width, m.embed_dim)
-    parts["contrastive_logits"] = 2 * batch_size * m.embed_dim  # this example's row of the B x B logits
-  if m.name == "two_tower":
-    parts["text"] = text_forward_flops(m.text, t, m.text.depth)
-  elif m.name == "coca":
-    # The unimodal half runs twice: on the contrastive text (+ CLS) and on the caption to generate.
-    parts["text"] = text_forward_flops(m.text, t + 1, m.text.depth) + text_forward_flops(m.text, t - 1, m.text.depth)
-    parts["multimodal"] = text_forward_flops(m.text, t - 1, m.multimodal.depth, cross_every=1, cross_keys=n_image,
-                                             cross_width=m.vision.width, vocab_size=vocab_size)
-  elif m.name == "prefix_lm":
-    hidden = m.projector.hidden_dim or m.text.width
-    parts["projector"] = (dense_flops(n_image, m.vision.width, hidden) + dense_flops(n_image, hidden, m.text.width)
-                          if m.projector.type == "mlp" else dense_flops(n_image, m.vision.width, m.text.width))
-    parts["decoder"] = text_forward_flops(m.text, n_image + t - 1, m.text.depth) + dense_flops(t - 1, m.text.width, vocab_size)
-  return parts
-
-
-def train_flops_per_step(config, vocab_size: int, multipliers: dict | None = None) -> float:
-  """FLOPs of one training step of the global batch.
+def train_flops_per_step(forward_parts: dict, batch_size: int, multipliers: dict | None = None) -> float:
+  """FLOPs of one training step of the global batch, from one example's forward FLOPs by component
+  (a model module's `forward_flops`, e.g. {"vision": ..., "text": ...}).
 
   Each component costs 3x its forward pass unless `multipliers` says otherwise, e.g. for LLaVA stage 1
   {"vision": 1, "decoder": 2}: the frozen ViT runs forward only, the frozen LM also passes gradients back.
   """
   multipliers = multipliers or {}
-  parts = forward_flops_per_example(config, vocab_size, config.batch_size)
-  per_example = sum(multipliers.get(name, 3) * flops for name, flops in parts.items())
-  return float(per_example * config.batch_size)
+  per_example = sum(multipliers.get(name, 3) * flops for name, flops in forward_parts.items())
+  return float(per_example * batch_size)
 
 
-def tokens_per_example(config) -> int:
-  """Sequence positions a step processes per example: image tokens plus text tokens."""
-  text = 0 if config.model.name == "vit_classifier" else config.data.max_text_len
-  return (config.data.image_size // config.model.vision.patch_size) ** 2 + text
+def tokens_per_example(config, features) -> int:
+  """Sequence positions a step processes per example: image tokens and text tokens, for the batch
+  `features` the model reads (a model module's FEATURES)."""
+  image = (config.data.image_size // config.model.vision.patch_size) ** 2 if "image" in features else 0
+  text = config.data.max_text_len if {"text", "caption"} & set(features) else 0
+  return image + text
 
 
 # Dense bf16 peak FLOP/s per chip (float32 peaks where the chip has no bf16 advantage listed separately).

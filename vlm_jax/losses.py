@@ -1,9 +1,14 @@
-"""Training objectives: softmax (CLIP) and sigmoid (SigLIP) contrastive, next-token cross-entropy, CoCa sum.
+"""Training objectives: softmax (CLIP) and sigmoid (SigLIP) contrastive, next-token cross-entropy, classification.
+
+A model lists its loss terms (LOSS_TERMS, names in TERMS); config.loss switches and weighs each.
 
 Embeddings are L2-normalised float[B, E]; `positives` bool[B, B] marks which (image i, text j) pairs
 match. By default only the diagonal does; when a batch holds the same caption twice (e.g. "two shapes"),
 passing `same_text_mask(tokens)` makes every copy a positive instead of a false negative.
 """
+
+import dataclasses
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -95,39 +100,87 @@ def answer_weights(text: jnp.ndarray, prefix_len: jnp.ndarray, pad_id: int) -> j
   return ((target_positions >= prefix_len[:, None]) & (text[:, 1:] != pad_id)).astype(jnp.float32)
 
 
-def compute_loss(loss_config, outputs, batch, pad_id: int):
-  """The objective the config asks for, as a weighted sum. Returns (loss, metrics)."""
+# ----------------------------------------------------------------------------- the terms models declare
+
+def contrastive_term(loss_config, outputs, batch, pad_id: int):
+  """config.loss.contrastive ('softmax' | 'sigmoid') between the image and text embeddings; every copy of
+  a text in the batch is a positive of its images."""
+  del pad_id
+  image, text, scale = outputs["image_embedding"], outputs["text_embedding"], outputs["logit_scale"]
+  if loss_config.contrastive == "softmax":
+    return contrastive_softmax_loss(image, text, scale, same_text_mask(batch["text"]))
+  if loss_config.contrastive == "sigmoid" and loss_config.sigmoid_chunks > 1:
+    return contrastive_sigmoid_loss_chunked(image, text, scale, outputs["logit_bias"], batch["text"],
+                                            loss_config.sigmoid_chunks)
+  if loss_config.contrastive == "sigmoid":
+    return contrastive_sigmoid_loss(image, text, scale, outputs["logit_bias"], same_text_mask(batch["text"]))
+  raise ValueError(f"config.loss.contrastive={loss_config.contrastive!r}: expected softmax, sigmoid or ''")
+
+
+def caption_term(loss_config, outputs, batch, pad_id: int):
+  """Next-token cross-entropy of outputs["logits"] on every token of batch["caption"] after BOS."""
+  del loss_config
+  targets = batch["caption"][:, 1:]
+  return next_token_loss(outputs["logits"], targets, targets != pad_id)
+
+
+def answer_term(loss_config, outputs, batch, pad_id: int):
+  """Next-token cross-entropy on what follows the prompt in batch["text"] (prompt length batch["prefix_len"])."""
+  del loss_config
+  weights = answer_weights(batch["text"], batch["prefix_len"], pad_id)
+  return next_token_loss(outputs["logits"], batch["text"][:, 1:], weights)
+
+
+def classification_term(loss_config, outputs, batch, pad_id: int):
+  """Softmax cross-entropy of outputs["class_logits"] on the integer labels batch["label"]."""
+  del loss_config, pad_id
+  logits = outputs["class_logits"]
+  loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]))
+  return loss, {"classification_loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+  """A loss term and the config.loss keys that drive it.
+
+  `switch`: the key that turns the term off when it is falsy ('' or 0), with the value that does (`off`) and
+  what turns it on (`on`, for messages); `weight`: the key of its weight. None for both: the model's only
+  objective, always on with weight 1.
+  """
+  fn: Callable
+  switch: str | None = None
+  off: object = None
+  on: str = ""
+  weight: str | None = None
+
+  def is_on(self, loss_config) -> bool:
+    return self.switch is None or bool(loss_config[self.switch])
+
+  def weight_of(self, loss_config) -> float:
+    return 1.0 if self.weight is None else loss_config[self.weight]
+
+
+# The names models list in their LOSS_TERMS. caption_weight weighs both next-token terms: a model has one.
+TERMS = {
+    "contrastive": Term(contrastive_term, "contrastive", "", "'softmax' or 'sigmoid'", "contrastive_weight"),
+    "caption": Term(caption_term, "caption_weight", 0.0, "> 0", "caption_weight"),
+    "answer": Term(answer_term, "caption_weight", 0.0, "> 0", "caption_weight"),
+    "classification": Term(classification_term),
+}
+SWITCHES = {term.switch: term.off for term in TERMS.values() if term.switch}  # config.loss key -> its off value
+
+
+def compute_loss(loss_config, terms, outputs, batch, pad_id: int):
+  """The weighted sum of the model's loss `terms` (its LOSS_TERMS) that config.loss switches on.
+
+  Returns (loss, metrics): metrics hold every term's own metrics and "loss", the total.
+  """
   total, metrics = 0.0, {}
-  if loss_config.contrastive:
-    positives = same_text_mask(batch["text"])
-    if loss_config.contrastive == "softmax":
-      loss, m = contrastive_softmax_loss(outputs["image_embedding"], outputs["text_embedding"],
-                                         outputs["logit_scale"], positives)
-    elif loss_config.contrastive == "sigmoid" and loss_config.sigmoid_chunks > 1:
-      loss, m = contrastive_sigmoid_loss_chunked(
-          outputs["image_embedding"], outputs["text_embedding"], outputs["logit_scale"], outputs["logit_bias"],
-          batch["text"], loss_config.sigmoid_chunks)
-    elif loss_config.contrastive == "sigmoid":
-      loss, m = contrastive_sigmoid_loss(outputs["image_embedding"], outputs["text_embedding"],
-                                         outputs["logit_scale"], outputs["logit_bias"], positives)
-    else:
-      raise ValueError(f"config.loss.contrastive={loss_config.contrastive!r}: expected softmax, sigmoid or ''")
-    total += loss_config.contrastive_weight * loss
-    metrics.update(m)
-  if "logits" in outputs and loss_config.caption_weight:
-    if "prefix_len" in batch:  # prefix-LM: the loss is on what follows the prompt
-      targets = batch["text"][:, 1:]
-      weights = answer_weights(batch["text"], batch["prefix_len"], pad_id)
-    else:
-      targets = batch["caption"][:, 1:]
-      weights = (targets != pad_id)
-    loss, m = next_token_loss(outputs["logits"], targets, weights)
-    total += loss_config.caption_weight * loss
-    metrics.update(m)
-  if "class_logits" in outputs:  # the supervised classifier: softmax cross-entropy on integer labels
-    logits = outputs["class_logits"]
-    loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]))
-    total += loss
-    metrics.update(classification_loss=loss, accuracy=jnp.mean(jnp.argmax(logits, -1) == batch["label"]))
+  for name in terms:
+    term = TERMS[name]
+    if term.is_on(loss_config):
+      loss, term_metrics = term.fn(loss_config, outputs, batch, pad_id)
+      total += term.weight_of(loss_config) * loss
+      metrics.update(term_metrics)
   metrics["loss"] = total
   return total, metrics

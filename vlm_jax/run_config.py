@@ -1,21 +1,34 @@
-"""The fields every run config has, and the checks run before anything is built.
+"""The fields every run config has, the checks run before anything is built, and the one config loader.
 
 Config files under configs/ start from `base_config()` and change what differs, so every config has the
 same keys: a `--config.x=y` override of a key that does not exist is refused by ml_collections.
+`load_config("configs/NAME.py")` loads a config file as `--config` does; `load_workdir_config(DIR)` the
+config a training run saved in DIR/config.json.
+
+This module imports no jax: config files import it. `validate` reads the model registry when it runs.
 """
 
+import json
+import os
+import warnings
+
 import ml_collections
+# The parser behind ml_collections' DEFINE_config_file, so `--config` and load_config read a file alike.
+from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
 from vlm_jax.errors import UserError
 
-MODEL_NAMES = ("two_tower", "coca", "prefix_lm", "causal_lm", "vit_classifier")
-DATASET_NAMES = ("shapes", "fashion_mnist_scenes", "fashion_mnist")
+# config.data.name -> the kinds of training batches (data.pipeline.TASKS) it can give; a model trains on
+# its DATA_TASK.
+DATASET_TASKS = {"shapes": ("contrastive_caption", "vqa"), "fashion_mnist_scenes": ("contrastive_caption", "vqa"),
+                 "fashion_mnist": ("classification",)}
+DATASET_NAMES = tuple(DATASET_TASKS)
 CONTRASTIVE_LOSSES = ("", "softmax", "sigmoid")
 
 # Logical axis -> mesh axis (None: replicated). FSDP shards the model width; tensor parallelism the MLP,
-# the heads and the vocabulary. The batch is split over data and fsdp.
+# the heads and the vocabulary. Batches are not named here: sharding.batch_sharding splits them over
+# data and fsdp.
 DEFAULT_RULES = (
-    ("batch", "data"),
     ("embed", "fsdp"),
     ("embed_out", ""),
     ("mlp", "tensor"),
@@ -100,8 +113,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
                     f"config.grad_accum_steps={config.grad_accum_steps}")
   if config.nonfinite not in ("stop", "skip"):
     raise UserError(f"config.nonfinite={config.nonfinite!r}: expected 'stop' or 'skip'")
-  if config.model.name not in MODEL_NAMES:
-    raise UserError(f"config.model.name={config.model.name!r} is not a known model; expected one of {MODEL_NAMES}")
   if config.data.name not in DATASET_NAMES:
     raise UserError(f"config.data.name={config.data.name!r} is not a known dataset; expected one of {DATASET_NAMES}")
   if config.data.image_size % config.model.vision.patch_size:
@@ -116,19 +127,82 @@ def validate(config: ml_collections.ConfigDict) -> None:
                     "sincos2d position embeddings")
   if config.loss.contrastive not in CONTRASTIVE_LOSSES:
     raise UserError(f"config.loss.contrastive={config.loss.contrastive!r}: expected one of {CONTRASTIVE_LOSSES}")
-  if config.model.name in ("prefix_lm", "causal_lm") and config.loss.contrastive:
-    raise UserError(f"config.loss.contrastive must be '' for model {config.model.name} (it has no embeddings)")
   for i, entry in enumerate(config.init_from):
     if len(entry) != 3:
       raise UserError(f"config.init_from[{i}]={entry!r}: expected (target subtree, workdir, source subtree)")
-  if config.model.name == "two_tower" and not config.loss.contrastive:
-    raise UserError("config.loss.contrastive must be 'softmax' or 'sigmoid' for model two_tower")
-  if (config.model.name == "vit_classifier") != (config.data.name == "fashion_mnist"):
-    raise UserError(f"config.model.name={config.model.name!r} cannot train on config.data.name={config.data.name!r}: "
-                    "the labelled dataset 'fashion_mnist' goes with model 'vit_classifier', and only with it")
-  if config.model.name == "vit_classifier" and (config.loss.contrastive or config.loss.caption_weight):
-    raise UserError("config.loss.contrastive must be '' and config.loss.caption_weight 0 for model vit_classifier")
-  from vlm_jax import evaluate  # noqa: PLC0415  (evaluate imports the data pipeline; only needed here)
-  evaluate.eval_specs(config)  # config.evals: unknown types or options, wrong models
   if config.model.vision.pool == "cls" and not config.model.vision.cls_token:
     raise UserError("config.model.vision.pool='cls' needs config.model.vision.cls_token=True")
+  _validate_for_model(config)
+
+
+def _validate_for_model(config) -> None:
+  """What the model's module declares: batches the dataset can give, loss terms, evaluators."""
+  # Here, not at the top: config files import this module, and the models import jax.
+  from vlm_jax import losses, models  # noqa: PLC0415
+  from vlm_jax.evaluators import specs  # noqa: PLC0415
+  name = config.model.name
+  model = models.get(name)
+  if model.DATA_TASK not in DATASET_TASKS[config.data.name]:
+    fitting = [d for d, tasks in DATASET_TASKS.items() if model.DATA_TASK in tasks]
+    raise UserError(f"config.model.name={name!r} cannot train on config.data.name={config.data.name!r}: it trains "
+                    f"on {model.DATA_TASK!r} batches, which only {fitting} give")
+  terms = [losses.TERMS[t] for t in model.LOSS_TERMS]
+  for key, off in losses.SWITCHES.items():
+    if config.loss[key] != off and key not in {t.switch for t in terms}:
+      raise UserError(f"config.loss.{key}={config.loss[key]!r} does not apply to model {name} (its loss terms: "
+                      f"{', '.join(model.LOSS_TERMS)}); set it to {off!r}")
+  if not any(t.is_on(config.loss) for t in terms):
+    raise UserError(f"model {name} has no loss term switched on: set " +
+                    " or ".join(f"config.loss.{t.switch} {t.on}" for t in terms))
+  specs.eval_specs(config)  # config.evals: unknown types or options, evaluators the model cannot be scored with
+
+
+def load_config(path: str) -> ml_collections.ConfigDict:
+  """The config of a config file, "configs/NAME.py" or "configs/NAME.py:ARG" (get_config(ARG)), loaded by
+  the same ml_collections parser as `--config`, unlocked (a caller may add config.evals entries)."""
+  with warnings.catch_warnings():  # ml_collections loads with importlib's deprecated load_module()
+    warnings.simplefilter("ignore", DeprecationWarning)
+    config = ConfigFileFlagParser("config", lock_config=False).parse(path)
+  return check_loaded(config, f"config file {path}")
+
+
+def check_loaded(config, source: str) -> ml_collections.ConfigDict:
+  """`config` as ml_collections loaded it from `source` (for messages), or a UserError: ml_collections
+  reports a file it could not load only when the config is first used."""
+  try:
+    config.keys()
+  except OSError as e:
+    reason = [line.strip() for line in str(e).splitlines() if line.strip().startswith("[Errno")]
+    raise UserError(f"cannot load {source}: {reason[0] if reason else str(e).splitlines()[0]}") from None
+  return config
+
+
+def _overlay(config, saved: dict) -> None:
+  """Writes the saved values into `config` (a ConfigDict) in place, section by section."""
+  for key, value in saved.items():
+    current = config.get(key)
+    if isinstance(value, dict) and isinstance(current, ml_collections.ConfigDict):
+      _overlay(current, value)
+    elif isinstance(current, tuple) and isinstance(value, list):
+      config[key] = tuple(tuple(v) if isinstance(v, list) else v for v in value)  # JSON has no tuples
+    else:
+      config[key] = value
+
+
+def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+  """DIR/config.json, written at the start of training, over today's defaults (base_config): a workdir
+  trained before a config key was added still loads, with that key's default."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise UserError(f"no config.json in {workdir}: is it a training workdir (python -m vlm_jax.train)?")
+  with open(path) as f:
+    try:
+      saved = json.load(f)
+    except json.JSONDecodeError as e:
+      raise UserError(f"{path} is not valid JSON: {e}") from None
+  config = base_config()
+  try:
+    _overlay(config, saved)
+  except (TypeError, ValueError, AttributeError) as e:
+    raise UserError(f"{path} does not fit today's config ({e})") from None
+  return config

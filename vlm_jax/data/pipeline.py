@@ -23,12 +23,15 @@ from vlm_jax.data import fashion_mnist
 from vlm_jax.data import fashion_mnist_tfds
 from vlm_jax.data import shapes
 from vlm_jax.data import shapes_tfds
-from vlm_jax.data.tokenizer import (TOKENIZER_FILENAME, Tokenizer, load_tokenizer, pack_tokens,
-                                    tokenize, train_sentencepiece)
+from vlm_jax.data.tokenizer import (TOKENIZER_FILENAME, Tokenizer, pack_tokens, tokenize, tokenizer_path,
+                                    train_sentencepiece)
 from vlm_jax.errors import UserError
 
 DESCRIBE_PROMPT = "describe the image."
 TASKS = ("contrastive_caption", "vqa", "classification")
+# What a model trained on a task's batches writes a caption after: BOS alone, or BOS + the question whose
+# answer the caption was in training.
+CAPTION_PROMPTS = {"contrastive_caption": "", "vqa": DESCRIBE_PROMPT}
 DATASETS = ("shapes", "fashion_mnist_scenes", "fashion_mnist")
 SCENE_DATASETS = ("shapes", "fashion_mnist_scenes")  # tfds builders with captions and questions
 
@@ -134,9 +137,9 @@ def _fashion_mnist_texts(builder) -> list[str]:
 
 def _prepare_tokenizer(builder, texts_fn) -> None:
   """Trains the SentencePiece model on texts_fn(builder) + [DESCRIBE_PROMPT] if it is not saved yet."""
-  path = os.path.join(builder.data_dir, TOKENIZER_FILENAME)
-  if os.path.exists(path):
+  if tokenizer_path(builder.data_dir):  # today's name or an older one: data prepared before still serves
     return
+  path = os.path.join(builder.data_dir, TOKENIZER_FILENAME)
   print(f"training tokenizer {path} ...", flush=True)
   start = time.time()
   train_sentencepiece([DESCRIBE_PROMPT] + texts_fn(builder), path[:-len(".model")])
@@ -217,7 +220,7 @@ class MemoizedSource:
   Deterministic: index i always gives the same example, so shuffling and checkpointed state are unchanged.
 
   A record that cannot be decoded (a corrupt image) or has an empty caption is either skipped (None,
-  counted in BAD_RECORDS; grain drops it) or stops the run with a UserError naming the record,
+  counted in SKIPPED_RECORDS; grain drops it) or stops the run with a UserError naming the record,
   as `on_bad_record` ("skip" | "fail") says.
   """
 
@@ -243,7 +246,7 @@ class MemoizedSource:
       problem = f"record {index} of the {self._split} split has an empty caption"
     if self._on_bad_record == "fail":
       raise UserError(problem + "; set config.data.on_bad_record='skip' to skip such records")
-    BAD_RECORDS.add(True)
+    SKIPPED_RECORDS.add()
     return None
 
   def __getitem__(self, index):
@@ -272,8 +275,20 @@ class TruncationCounter:
       self.truncated += int(truncated)
 
 
+class RecordCounter:
+  """How many training records were skipped as undecodable or empty (thread-safe, as TruncationCounter)."""
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self.skipped = 0
+
+  def add(self) -> None:
+    with self._lock:
+      self.skipped += 1
+
+
 TRUNCATIONS = TruncationCounter()
-BAD_RECORDS = TruncationCounter()  # .truncated counts the training records skipped as undecodable or empty
+SKIPPED_RECORDS = RecordCounter()
 
 
 def make_vqa_prompt(tokenizer: Tokenizer, question: str, max_len: int) -> np.ndarray:

@@ -6,6 +6,7 @@ one they were given. `encode` never adds BOS/EOS; `tokenize` does, with padding 
 
 import io
 import os
+import shutil
 from typing import Iterable, Protocol, Sequence
 
 import numpy as np
@@ -15,7 +16,9 @@ from vlm_jax.data import fashion_mnist_tfds, shapes_tfds
 from vlm_jax.errors import UserError
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
-TOKENIZER_FILENAME = "shapes_tokenizer.model"  # under each builder's own data_dir
+# The SentencePiece model, under each builder's own data_dir and copied into every training workdir.
+TOKENIZER_FILENAME = "tokenizer.model"
+OLD_TOKENIZER_FILENAMES = ("shapes_tokenizer.model",)  # what data prepared before was given, for any dataset
 # config.data.name -> the module of its tfds builder (None: no texts, so no SentencePiece model).
 DATASET_BUILDERS = {"shapes": shapes_tfds, "fashion_mnist_scenes": fashion_mnist_tfds, "fashion_mnist": None}
 
@@ -111,6 +114,15 @@ def train_sentencepiece(texts: Iterable[str], model_prefix: str, vocab_size: int
   return path
 
 
+def tokenizer_path(directory: str) -> str | None:
+  """The SentencePiece model file in `directory` (today's name, else an older one), None if there is none."""
+  for name in (TOKENIZER_FILENAME,) + OLD_TOKENIZER_FILENAMES:
+    path = os.path.join(directory, name)
+    if os.path.exists(path):
+      return path
+  return None
+
+
 def load_tokenizer(kind: str, data_dir: str, builder_config: str = "default",
                    dataset: str = "shapes") -> Tokenizer:
   """The tokenizer named by kind ('sentencepiece' or 'byte') for a prepared dataset.
@@ -127,17 +139,42 @@ def load_tokenizer(kind: str, data_dir: str, builder_config: str = "default",
     raise UserError(f"config.data.name={dataset!r} has labels, not texts, so no SentencePiece model; "
                     f"use config.data.tokenizer='byte'")
   builder = DATASET_BUILDERS[dataset].make_builder(data_dir, builder_config)
-  path = os.path.join(builder.data_dir, TOKENIZER_FILENAME)
-  if not os.path.exists(path):
+  path = tokenizer_path(builder.data_dir)
+  if path is None:
     prepare = (f"vlm_jax.data.pipeline.prepare_shapes({data_dir!r}, {builder_config!r})" if dataset == "shapes"
                else "vlm_jax.data.pipeline.prepare_data(config.data)")
-    raise UserError(f"no SentencePiece model at {path}; prepare the data first ({prepare})")
+    raise UserError(f"no SentencePiece model at {os.path.join(builder.data_dir, TOKENIZER_FILENAME)}; "
+                    f"prepare the data first ({prepare})")
   return SentencePieceTokenizer(path)
+
+
+def save_to_workdir(tokenizer: Tokenizer, workdir: str) -> None:
+  """Copies a SentencePiece model into the workdir, so that the workdir alone is enough for inference."""
+  if isinstance(tokenizer, SentencePieceTokenizer):
+    path = os.path.join(workdir, TOKENIZER_FILENAME)
+    tmp_path = f"{path}.tmp{os.getpid()}"
+    shutil.copyfile(tokenizer.model_path, tmp_path)
+    os.replace(tmp_path, path)  # never a half-copied model beside a checkpoint
+
+
+def load_for_workdir(workdir: str, data_config) -> Tokenizer:
+  """The tokenizer a training workdir was trained with: its own copy of the SentencePiece model, or for
+  workdirs trained before they kept one, the prepared data's (config.data)."""
+  path = os.path.join(workdir, TOKENIZER_FILENAME)
+  if data_config.tokenizer == "sentencepiece" and os.path.exists(path):
+    return SentencePieceTokenizer(path)
+  return load_tokenizer(data_config.tokenizer, os.path.expanduser(data_config.data_dir), data_config.builder_config,
+                        dataset=data_config.name)
 
 
 def tokenize(tokenizer: Tokenizer, text: str, max_len: int) -> tuple[np.ndarray, bool]:
   """BOS + ids + EOS padded to max_len; too long texts lose their tail but keep the EOS."""
   return pack_tokens(tokenizer, [tokenizer.bos_id] + tokenizer.encode(text), max_len)
+
+
+def tokenize_all(tokenizer: Tokenizer, texts: Sequence[str], max_len: int) -> np.ndarray:
+  """int32[N, max_len]: `tokenize` of every text (the truncation flags dropped)."""
+  return np.stack([tokenize(tokenizer, t, max_len)[0] for t in texts])
 
 
 def pack_tokens(tokenizer: Tokenizer, ids: Sequence[int], max_len: int) -> tuple[np.ndarray, bool]:

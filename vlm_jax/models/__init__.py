@@ -1,69 +1,69 @@
-"""Model registry: `build_model(model_config, vocab)` turns a config into a composed flax module."""
+"""The model registry: each composed model is one module, found here by its config name (config.model.name).
 
-import jax.numpy as jnp
-import ml_collections
+A model module declares what the rest of vlm_jax needs from it, so nothing outside models/ asks which model
+it is (README, "Adding a model"):
+
+  FEATURES       the batch features the model and its loss terms read, e.g. ("image", "text", "caption")
+  DATA_TASK      which training batches carry them: one of data.pipeline.TASKS
+  LOSS_TERMS     its loss terms, names in losses.TERMS; config.loss weights each
+  EVAL_TYPES     the evaluator types that can score it; DEFAULT_EVALS, those run when config.evals is empty
+  PREDICT_TASKS  what `python -m vlm_jax.predict` can ask of it: some of "caption", "answer", "label"
+  GENERATES      whether it writes text (decoding.make_generate continues a prompt for it)
+  build(model_config, *, vocab_size, max_len, eos_id, pad_id, dtype, remat) -> the flax module
+  forward_flops(config, vocab_size, batch_size) -> {component: forward FLOPs of one example}
+  predict_fns(model) -> {name: fn(params, ...)} of PREDICT_FNS: what evaluators and predict call
+"""
+
+import numpy as np
 
 from vlm_jax.errors import UserError
-from vlm_jax.models.causal_lm import CausalLM
-from vlm_jax.models.classifier import ViTClassifier
-from vlm_jax.models.coca import CoCa, MultimodalDecoder
-from vlm_jax.models.prefix_lm import PrefixLM
-from vlm_jax.models.projector import Projector
-from vlm_jax.models.text import TextTransformer
-from vlm_jax.models.two_tower import TwoTower
-from vlm_jax.models.vit import ViT
+from vlm_jax.models import causal_lm, classifier, coca, prefix_lm, towers, two_tower
 
-MODEL_NAMES = ("two_tower", "coca", "prefix_lm", "causal_lm", "vit_classifier")
-# float64 is for numerical tests (needs jax_enable_x64): "same math" compared without float32 rounding noise.
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
+MODELS = {
+    "two_tower": two_tower,
+    "coca": coca,
+    "prefix_lm": prefix_lm,
+    "causal_lm": causal_lm,
+    "vit_classifier": classifier,
+}
+MODEL_NAMES = tuple(MODELS)
+INTERFACE = ("FEATURES", "DATA_TASK", "LOSS_TERMS", "EVAL_TYPES", "DEFAULT_EVALS", "PREDICT_TASKS", "GENERATES",
+             "build", "forward_flops", "predict_fns")
+# predict_fns' names: "encode_image" (params, float[B, H, W, 3]) -> float32[B, E] and "encode_text"
+# (params, int[B, T]) -> float32[B, E], normalised; "logit_scale" (params) -> the learned log scale;
+# "image_tokens" (params, images) -> float[B, N, D], what the text cross-attends or is prefixed with;
+# "classify" (params, images) -> class logits float32[B, C].
+PREDICT_FNS = ("encode_image", "encode_text", "logit_scale", "image_tokens", "classify")
+PREDICT_TASKS = ("caption", "answer", "label")
 
-
-def _dtype(config):
-  if config.dtype not in DTYPES:
-    raise UserError(f"config.model.dtype={config.dtype!r} is not one of {sorted(DTYPES)}")
-  return DTYPES[config.dtype]
-
-
-def build_vit(vision: ml_collections.ConfigDict, dtype, remat: str = "") -> ViT:
-  return ViT(patch_size=vision.patch_size, width=vision.width, depth=vision.depth,
-             num_heads=vision.num_heads, mlp_dim=vision.mlp_dim, posemb=vision.posemb,
-             cls_token=vision.cls_token, pool=vision.pool, remat=remat, dtype=dtype)
+for _name, _module in MODELS.items():  # a new model that forgets a declaration fails here, not mid-run
+  _missing = [attribute for attribute in INTERFACE if not hasattr(_module, attribute)]
+  assert not _missing, f"model module {_module.__name__} ({_name!r}) does not declare {_missing}"
 
 
-def build_text(text: ml_collections.ConfigDict, vocab_size: int, max_len: int, dtype, remat: str = "",
-               **kwargs) -> TextTransformer:
-  return TextTransformer(vocab_size=vocab_size, width=text.width, depth=text.depth,
-                         num_heads=text.num_heads, mlp_dim=text.mlp_dim, max_len=max_len, remat=remat,
-                         dtype=dtype, **kwargs)
+def get(name: str):
+  """The module of model `name` (config.model.name)."""
+  if name not in MODELS:
+    raise UserError(f"config.model.name={name!r} is not a known model; expected one of {MODEL_NAMES}")
+  return MODELS[name]
 
 
-def build_model(config: ml_collections.ConfigDict, *, vocab_size: int, max_len: int, eos_id: int, pad_id: int):
-  """config: the `model` section of a run config."""
-  dtype, remat = _dtype(config), config.remat
-  if remat and remat not in ("full", "dots"):
-    raise UserError(f"config.model.remat={remat!r}: expected '', 'full' or 'dots'")
-  vision = build_vit(config.vision, dtype, remat)
-  if config.name == "two_tower":
-    return TwoTower(vision=vision,
-                    text=build_text(config.text, vocab_size, max_len, dtype, remat, pool_eos_id=eos_id, pad_id=pad_id),
-                    embed_dim=config.embed_dim, scale_init=config.logit_scale_init,
-                    bias_init=config.logit_bias_init, dtype=dtype)
-  if config.name == "coca":
-    return CoCa(vision=vision,
-                unimodal=build_text(config.text, vocab_size, max_len, dtype, remat, append_cls=True, pad_id=pad_id),
-                multimodal=MultimodalDecoder(vocab_size, config.multimodal.depth, config.text.num_heads,
-                                             config.text.mlp_dim, remat, dtype),
-                embed_dim=config.embed_dim, scale_init=config.logit_scale_init,
-                bias_init=config.logit_bias_init, dtype=dtype)
-  if config.name == "prefix_lm":
-    return PrefixLM(vision=vision,
-                    projector=Projector(config.text.width, config.projector.type, config.projector.hidden_dim, dtype),
-                    decoder=build_text(config.text, vocab_size, max_len, dtype, remat, compute_logits=True,
-                                       tied_embedding=config.text.tied_embedding, pad_id=pad_id),
-                    vision_layer=config.vision_layer, dtype=dtype)
-  if config.name == "causal_lm":
-    return CausalLM(decoder=build_text(config.text, vocab_size, max_len, dtype, remat, compute_logits=True,
-                                       tied_embedding=config.text.tied_embedding, pad_id=pad_id))
-  if config.name == "vit_classifier":
-    return ViTClassifier(vision=vision, num_classes=config.num_classes, dtype=dtype)
-  raise UserError(f"config.model.name={config.name!r} is not a known model; expected one of {MODEL_NAMES}")
+def build_model(config, *, vocab_size: int, max_len: int, eos_id: int, pad_id: int):
+  """config: the `model` section of a run config -> the composed flax module it names."""
+  return get(config.name).build(config, vocab_size=vocab_size, max_len=max_len, eos_id=eos_id, pad_id=pad_id,
+                                dtype=towers.dtype_of(config), remat=towers.remat_of(config))
+
+
+def sample_batch(features, batch_size: int, image_size: int, max_len: int) -> dict:
+  """A batch of zeros with each feature's shape, what `model.init` traces: float32 image [B, S, S, 3],
+  int32 text and caption [B, T] starting with BOS (id 1), int32 prefix_len [B] of 1, int32 label [B]."""
+  shapes = {"image": ((batch_size, image_size, image_size, 3), np.float32), "text": ((batch_size, max_len), np.int32),
+            "caption": ((batch_size, max_len), np.int32), "prefix_len": ((batch_size,), np.int32),
+            "label": ((batch_size,), np.int32)}
+  batch = {name: np.zeros(*shapes[name]) for name in features}
+  for name in ("text", "caption"):
+    if name in batch:
+      batch[name][:, 0] = 1  # BOS
+  if "prefix_len" in batch:
+    batch["prefix_len"][:] = 1  # a prompt of BOS alone
+  return batch

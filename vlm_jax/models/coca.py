@@ -9,8 +9,18 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from vlm_jax.models import layers, text, vit
+from vlm_jax import flops
+from vlm_jax.models import layers, text, towers, two_tower, vit
 from vlm_jax.models.two_tower import ContrastiveHead, l2_normalize
+
+# What the rest of vlm_jax needs to know (models/__init__.py lists these declarations).
+FEATURES = ("image", "text", "caption")
+DATA_TASK = "contrastive_caption"
+LOSS_TERMS = ("contrastive", "caption")
+EVAL_TYPES = ("retrieval", "hardneg", "captioning", "zero_shot")
+DEFAULT_EVALS = ("retrieval", "hardneg", "captioning")  # zero_shot needs a labelled dataset: config.evals
+PREDICT_TASKS = ("caption", "label")
+GENERATES = True
 
 
 class MultimodalDecoder(nn.Module):
@@ -24,15 +34,15 @@ class MultimodalDecoder(nn.Module):
 
   @nn.compact
   def __call__(self, x, image_tokens):
-    x, out = layers.Transformer(self.depth, self.num_heads, self.mlp_dim, cross_attention_every=1,
-                                remat=self.remat, dtype=self.dtype, name="transformer")(
-                                    x, mask=layers.causal_mask(x.shape[1]), context=image_tokens)
+    x, intermediates = layers.Transformer(self.depth, self.num_heads, self.mlp_dim, cross_attention_every=1,
+                                          remat=self.remat, dtype=self.dtype, name="transformer")(
+                                              x, mask=layers.causal_mask(x.shape[1]), context=image_tokens)
     x = layers.layer_norm("final_norm", self.dtype)(x)
-    return layers.dense(self.vocab_size, ("embed", "vocab"), self.dtype, "logits")(x), out
+    return layers.dense(self.vocab_size, ("embed", "vocab"), self.dtype, "logits")(x), intermediates
 
 
 class CoCa(nn.Module):
-  """`__call__(batch)` -> (outputs, out); batch has "image", "text" (contrastive), "caption" (to generate)."""
+  """`__call__(batch)` -> (outputs, intermediates); batch has "image", "text" (contrastive), "caption" (to generate)."""
   vision: vit.ViT
   unimodal: text.TextTransformer
   multimodal: MultimodalDecoder
@@ -47,13 +57,14 @@ class CoCa(nn.Module):
     self.head = ContrastiveHead(self.scale_init, self.bias_init)
 
   def encode_image(self, images):
-    """-> (normalised float32[B, E], vision intermediates; out["encoded"] are the image tokens)."""
-    pooled, out = self.vision(images)
-    return l2_normalize(layers.at_least_float32(self.image_projection(pooled))), out
+    """-> (normalised float32[B, E], vision intermediates; their "encoded" are the image tokens)."""
+    pooled, intermediates = self.vision(images)
+    return l2_normalize(layers.at_least_float32(self.image_projection(pooled))), intermediates
 
   def encode_text(self, tokens):
-    _, out = self.unimodal(tokens)
-    return l2_normalize(layers.at_least_float32(self.text_projection(out["pooled"]))), out
+    """int[B, T] -> (normalised float32[B, E] from the CLS appended to the text, text intermediates)."""
+    _, intermediates = self.unimodal(tokens)
+    return l2_normalize(layers.at_least_float32(self.text_projection(intermediates["pooled"]))), intermediates
 
   def image_tokens(self, images):
     """float[B, H, W, 3] -> the tokens the multimodal half cross-attends, float[B, N, D]."""
@@ -61,15 +72,46 @@ class CoCa(nn.Module):
 
   def caption_logits(self, image_tokens, tokens):
     """Next-token logits float[B, T, V] for text `tokens` int[B, T] given precomputed image tokens."""
-    _, text_out = self.unimodal(tokens)
-    logits, _ = self.multimodal(text_out["hidden"], image_tokens)
+    _, text_intermediates = self.unimodal(tokens)
+    logits, _ = self.multimodal(text_intermediates["hidden"], image_tokens)
     return logits
 
   def __call__(self, batch):
-    image_embedding, image_out = self.encode_image(batch["image"])
-    text_embedding, text_out = self.encode_text(batch["text"])
-    logits = self.caption_logits(image_out["encoded"], batch["caption"][:, :-1])
+    image_embedding, image_intermediates = self.encode_image(batch["image"])
+    text_embedding, text_intermediates = self.encode_text(batch["text"])
+    logits = self.caption_logits(image_intermediates["encoded"], batch["caption"][:, :-1])
     scale, bias = self.head()
     outputs = dict(image_embedding=image_embedding, text_embedding=text_embedding,
                    logit_scale=scale, logit_bias=bias, logits=logits)
-    return outputs, {"image": image_out, "text": text_out}
+    return outputs, {"image": image_intermediates, "text": text_intermediates}
+
+
+def build(config, *, vocab_size: int, max_len: int, eos_id: int, pad_id: int, dtype, remat: str) -> CoCa:
+  """config: the run config's `model` section; the multimodal half has the text tower's heads and MLP."""
+  del eos_id  # the contrastive text embedding is the appended CLS, not the state at EOS
+  return CoCa(vision=towers.build_vit(config.vision, dtype, remat),
+              unimodal=towers.build_text(config.text, vocab_size, max_len, dtype, remat, append_cls=True,
+                                         pad_id=pad_id),
+              multimodal=MultimodalDecoder(vocab_size, config.multimodal.depth, config.text.num_heads,
+                                           config.text.mlp_dim, remat, dtype),
+              embed_dim=config.embed_dim, scale_init=config.logit_scale_init,
+              bias_init=config.logit_bias_init, dtype=dtype)
+
+
+def forward_flops(config, vocab_size: int, batch_size: int) -> dict:
+  """Forward FLOPs of one example by component (flops.py's conventions)."""
+  m, t = config.model, config.data.max_text_len
+  n_image = (config.data.image_size // m.vision.patch_size) ** 2
+  return {"vision": flops.vit_forward_flops(m.vision, config.data.image_size),
+          **two_tower.contrastive_flops(m, batch_size),
+          # The unimodal half runs twice: on the contrastive text (+ CLS) and on the caption to generate.
+          "text": (flops.text_forward_flops(m.text, t + 1, m.text.depth)
+                   + flops.text_forward_flops(m.text, t - 1, m.text.depth)),
+          "multimodal": flops.text_forward_flops(m.text, t - 1, m.multimodal.depth, cross_every=1,
+                                                 cross_keys=n_image, cross_width=m.vision.width,
+                                                 vocab_size=vocab_size)}
+
+
+def predict_fns(model: CoCa) -> dict:
+  return {**two_tower.embedding_fns(model),
+          "image_tokens": lambda params, images: model.apply({"params": params}, images, method="image_tokens")}

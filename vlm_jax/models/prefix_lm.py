@@ -7,11 +7,21 @@ image -> ViT (all tokens of `vision_layer`, CLS dropped) -> projector -> prefix 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vlm_jax.models import layers, projector, text, vit
+from vlm_jax import flops
+from vlm_jax.models import layers, projector, text, towers, vit
+
+# What the rest of vlm_jax needs to know (models/__init__.py lists these declarations).
+FEATURES = ("image", "text", "prefix_len")
+DATA_TASK = "vqa"  # captions are the answers to data.pipeline.DESCRIBE_PROMPT
+LOSS_TERMS = ("answer",)
+EVAL_TYPES = ("captioning", "vqa", "pope")
+DEFAULT_EVALS = EVAL_TYPES
+PREDICT_TASKS = ("caption", "answer")
+GENERATES = True
 
 
 class PrefixLM(nn.Module):
-  """`__call__(batch)` -> (outputs, out); batch has "image", "text" int[B, T] and "prefix_len" int[B]."""
+  """`__call__(batch)` -> (outputs, intermediates); batch has "image", "text" int[B, T] and "prefix_len" int[B]."""
   vision: vit.ViT
   projector: projector.Projector
   decoder: text.TextTransformer
@@ -20,11 +30,11 @@ class PrefixLM(nn.Module):
 
   def image_tokens(self, images):
     """float[B, H, W, 3] -> projected image tokens float[B, N, D_decoder]."""
-    _, out = self.vision(images)
+    _, intermediates = self.vision(images)
     if self.vision_layer == -1:
-      tokens = out["encoded"]
+      tokens = intermediates["encoded"]
     else:
-      tokens = out[f"block_{self.vision.depth + self.vision_layer + 1:02d}"]
+      tokens = intermediates[f"block_{self.vision.depth + self.vision_layer + 1:02d}"]
     if self.vision.cls_token:
       tokens = tokens[:, 1:]
     return self.projector(tokens)
@@ -36,5 +46,36 @@ class PrefixLM(nn.Module):
 
   def __call__(self, batch):
     image_tokens = self.image_tokens(batch["image"])
-    logits, out = self.decoder(batch["text"][:, :-1], prefix=image_tokens, prefix_len=batch["prefix_len"])
-    return dict(logits=logits), {"text": out}
+    logits, intermediates = self.decoder(batch["text"][:, :-1], prefix=image_tokens, prefix_len=batch["prefix_len"])
+    return dict(logits=logits), {"text": intermediates}
+
+
+def build(config, *, vocab_size: int, max_len: int, eos_id: int, pad_id: int, dtype, remat: str) -> PrefixLM:
+  """config: the run config's `model` section; the projector maps the ViT's width to the decoder's."""
+  del eos_id  # generation stops at EOS; the model itself never looks for it
+  return PrefixLM(vision=towers.build_vit(config.vision, dtype, remat),
+                  projector=projector.Projector(config.text.width, config.projector.type,
+                                                config.projector.hidden_dim, dtype),
+                  decoder=towers.build_text(config.text, vocab_size, max_len, dtype, remat, compute_logits=True,
+                                            tied_embedding=config.text.tied_embedding, pad_id=pad_id),
+                  vision_layer=config.vision_layer, dtype=dtype)
+
+
+def forward_flops(config, vocab_size: int, batch_size: int) -> dict:
+  """Forward FLOPs of one example by component (flops.py's conventions)."""
+  del batch_size  # nothing is shared across the batch
+  m, t = config.model, config.data.max_text_len
+  n_image = (config.data.image_size // m.vision.patch_size) ** 2
+  hidden = m.projector.hidden_dim or m.text.width
+  if m.projector.type == "mlp":
+    projector_flops = flops.dense_flops(n_image, m.vision.width, hidden) + flops.dense_flops(n_image, hidden, m.text.width)
+  else:
+    projector_flops = flops.dense_flops(n_image, m.vision.width, m.text.width)
+  return {"vision": flops.vit_forward_flops(m.vision, config.data.image_size),
+          "projector": projector_flops,
+          "decoder": (flops.text_forward_flops(m.text, n_image + t - 1, m.text.depth)
+                      + flops.dense_flops(t - 1, m.text.width, vocab_size))}
+
+
+def predict_fns(model: PrefixLM) -> dict:
+  return {"image_tokens": lambda params, images: model.apply({"params": params}, images, method="image_tokens")}

@@ -8,7 +8,18 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from vlm_jax.models import layers, text, vit
+from vlm_jax import flops
+from vlm_jax.models import layers, text, towers, vit
+
+# What the rest of vlm_jax needs to know (models/__init__.py lists these declarations).
+FEATURES = ("image", "text")
+DATA_TASK = "contrastive_caption"
+LOSS_TERMS = ("contrastive",)
+EVAL_TYPES = ("retrieval", "hardneg", "zero_shot")
+# zero_shot needs a labelled dataset to classify, so it runs only where config.evals asks for it.
+DEFAULT_EVALS = ("retrieval", "hardneg")
+PREDICT_TASKS = ("label",)
+GENERATES = False
 
 
 def l2_normalize(x, eps=1e-6):
@@ -28,7 +39,7 @@ class ContrastiveHead(nn.Module):
 
 
 class TwoTower(nn.Module):
-  """CLIP / SigLIP. `__call__(batch)` returns (outputs, out) with outputs for the contrastive loss."""
+  """CLIP / SigLIP. `__call__(batch)` returns (outputs, intermediates); outputs feed the contrastive loss."""
   vision: vit.ViT
   text: text.TextTransformer
   embed_dim: int = 128
@@ -43,18 +54,54 @@ class TwoTower(nn.Module):
 
   def encode_image(self, images):
     """float[B, H, W, 3] -> (normalised float32[B, E], vision intermediates)."""
-    pooled, out = self.vision(images)
-    return l2_normalize(layers.at_least_float32(self.image_projection(pooled))), out
+    pooled, intermediates = self.vision(images)
+    return l2_normalize(layers.at_least_float32(self.image_projection(pooled))), intermediates
 
   def encode_text(self, tokens):
     """int[B, T] -> (normalised float32[B, E], text intermediates)."""
-    _, out = self.text(tokens)
-    return l2_normalize(layers.at_least_float32(self.text_projection(out["pooled"]))), out
+    _, intermediates = self.text(tokens)
+    return l2_normalize(layers.at_least_float32(self.text_projection(intermediates["pooled"]))), intermediates
 
   def __call__(self, batch):
-    image_embedding, image_out = self.encode_image(batch["image"])
-    text_embedding, text_out = self.encode_text(batch["text"])
+    image_embedding, image_intermediates = self.encode_image(batch["image"])
+    text_embedding, text_intermediates = self.encode_text(batch["text"])
     scale, bias = self.head()
     outputs = dict(image_embedding=image_embedding, text_embedding=text_embedding,
                    logit_scale=scale, logit_bias=bias)
-    return outputs, {"image": image_out, "text": text_out}
+    return outputs, {"image": image_intermediates, "text": text_intermediates}
+
+
+def build(config, *, vocab_size: int, max_len: int, eos_id: int, pad_id: int, dtype, remat: str) -> TwoTower:
+  """config: the run config's `model` section."""
+  return TwoTower(vision=towers.build_vit(config.vision, dtype, remat),
+                  text=towers.build_text(config.text, vocab_size, max_len, dtype, remat, pool_eos_id=eos_id,
+                                         pad_id=pad_id),
+                  embed_dim=config.embed_dim, scale_init=config.logit_scale_init,
+                  bias_init=config.logit_bias_init, dtype=dtype)
+
+
+def contrastive_flops(model_config, batch_size: int) -> dict:
+  """The two projections to the embedding and this example's row of the B x B contrastive logits."""
+  m = model_config
+  projections = flops.dense_flops(1, m.vision.width, m.embed_dim) + flops.dense_flops(1, m.text.width, m.embed_dim)
+  return {"projections": projections, "contrastive_logits": 2 * batch_size * m.embed_dim}
+
+
+def forward_flops(config, vocab_size: int, batch_size: int) -> dict:
+  """Forward FLOPs of one example by component (flops.py's conventions)."""
+  m = config.model
+  return {"vision": flops.vit_forward_flops(m.vision, config.data.image_size),
+          **contrastive_flops(m, batch_size),
+          "text": flops.text_forward_flops(m.text, config.data.max_text_len, m.text.depth)}
+
+
+def embedding_fns(model) -> dict:
+  """The contrastive models' prediction functions: both embeddings and the learned logit scale."""
+  apply = lambda params, method, *args: model.apply({"params": params}, *args, method=method)
+  return {"encode_image": lambda params, images: apply(params, lambda m, x: m.encode_image(x)[0], images),
+          "encode_text": lambda params, tokens: apply(params, lambda m, t: m.encode_text(t)[0], tokens),
+          "logit_scale": lambda params: apply(params, lambda m: m.head()[0])}
+
+
+def predict_fns(model: TwoTower) -> dict:
+  return embedding_fns(model)

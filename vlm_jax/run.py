@@ -1,0 +1,97 @@
+"""A run built from a config: data, tokenizer, model, sharded state and checkpoints, for training or scoring.
+
+`Run(config, workdir, for_training=...)` is what the trainer and `evaluation.evaluate_checkpoint` start
+from. Inference needs less (no data, no optimizer state): see vlm_jax.inference.
+"""
+
+import json
+import os
+
+import jax
+from jax.experimental import multihost_utils
+
+from vlm_jax import checkpointing, models, run_config, sharding, train_state
+from vlm_jax.data import pipeline, tokenizer as tokenizer_lib
+from vlm_jax.errors import UserError
+
+
+def prepare_workdir(workdir: str) -> str:
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, ".write_test")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f"workdir {workdir} cannot be written: {e.strerror or e}") from None
+  return workdir
+
+
+def check_same_model(config, workdir: str) -> None:
+  """Refuse to resume a workdir whose saved config describes another model (nothing is touched)."""
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(path) and os.path.isdir(os.path.join(workdir, "checkpoints")):
+    with open(path) as f:
+      saved = json.load(f)
+    for section in ("model", "data"):
+      current = json.loads(config[section].to_json())
+      if saved.get(section) != current:
+        changed = sorted(k for k in set(current) | set(saved.get(section, {}))
+                         if current.get(k) != saved.get(section, {}).get(k))
+        raise UserError(f"workdir {workdir} holds checkpoints of a different {section} config "
+                        f"(config.{section}.{changed[0] if changed else '?'} differs); use another --workdir")
+
+
+class Run:
+  """Everything a config builds: data, tokenizer, model, state, checkpoints. Shared by train and evaluate.
+
+  `model_module` is the model's module (models.get(config.model.name)): what the model declares.
+  """
+
+  def __init__(self, config, workdir: str, *, for_training: bool):
+    run_config.validate(config)
+    self.config = config
+    self.workdir = prepare_workdir(workdir)
+    self.mesh = sharding.make_mesh(config.mesh)
+    self.rules = sharding.logical_rules(config)
+    if config.batch_size % jax.process_count() or (config.batch_size // jax.process_count()) % jax.local_device_count():
+      raise UserError(f"config.batch_size={config.batch_size} must be divisible by the {jax.device_count()} devices")
+    data_dir = os.path.expanduser(config.data.data_dir)
+    if jax.process_index() == 0:  # one writer; the others wait for it
+      pipeline.prepare_data(config.data)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("vlm_jax: data prepared")
+    self.tokenizer = tokenizer_lib.load_tokenizer(config.data.tokenizer, data_dir, config.data.builder_config,
+                                                  dataset=config.data.name)
+    self.model_module = models.get(config.model.name)
+    self.model = models.build_model(config.model, vocab_size=self.tokenizer.vocab_size,
+                                    max_len=config.data.max_text_len, eos_id=self.tokenizer.eos_id,
+                                    pad_id=self.tokenizer.pad_id)
+    self.data_iterator = None
+    if for_training:
+      self.data_iterator = pipeline.train_iterator(
+          config.data, self.tokenizer, batch_size=config.batch_size, seed=config.seed,
+          task=self.model_module.DATA_TASK, process_index=jax.process_index(), process_count=jax.process_count())
+    self.tx = train_state.make_optimizer(config)
+    batch = models.sample_batch(self.model_module.FEATURES, 2, config.data.image_size, config.data.max_text_len)
+    self.state, self.state_shardings = train_state.create_train_state(
+        self.model, self.tx, batch, jax.random.key(config.seed), self.mesh, self.rules)
+    self.checkpoints = checkpointing.Checkpoints(self.workdir, config.keep_checkpoints)
+
+  def restore_latest(self) -> int:
+    """Restores the newest readable checkpoint (state and data iterator); returns its step, 0 if none.
+
+    A newest checkpoint that cannot be read (cut short, corrupted) is reported by name and skipped; the
+    one before it is restored. Nothing is deleted.
+    """
+    for step in sorted(self.checkpoints.all_steps(), reverse=True):
+      try:
+        self.state = self.checkpoints.restore(step, self.state, self.data_iterator)
+        return int(step)
+      except Exception as e:  # orbax/tensorstore raise many kinds for a damaged checkpoint
+        print(f"warning: checkpoint {self.checkpoints.directory}/{step} is unreadable "
+              f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); trying the previous one", flush=True)
+    if self.checkpoints.all_steps():
+      raise UserError(f"no readable checkpoint in {self.checkpoints.directory}; move it away to start afresh")
+    return 0
