@@ -15,3 +15,10 @@ class CausalLM(nn.Module):
   def __call__(self, batch):
     logits, out = self.decoder(batch["caption"][:, :-1])
     return dict(logits=logits), {"text": out}
+
+  def prefill(self, tokens, start, image_tokens=None):
+    """Decoding (vlm_jax.decoding): -> (logits float[B, L, V], cache); there are no image tokens."""
+    return self.decoder.prefill(tokens, start)
+
+  def decode_step(self, cache, token, position):
+    return self.decoder.decode_step(cache, token, position)

@@ -23,8 +23,8 @@ class PrefixLM(nn.Module):
     _, out = self.vision(images)
     if self.vision_layer == -1:
       tokens = out["encoded"]
-    else:
-      tokens = out[f"block_{self.vision.depth + self.vision_layer + 1:02d}"]
+    else:  # out["blocks"] float[depth, B, N, D]: -2 is the last block's output, before the final norm
+      tokens = out["blocks"][self.vision.depth + self.vision_layer + 1]
     if self.vision.cls_token:
       tokens = tokens[:, 1:]
     return self.projector(tokens)
@@ -38,3 +38,12 @@ class PrefixLM(nn.Module):
     image_tokens = self.image_tokens(batch["image"])
     logits, out = self.decoder(batch["text"][:, :-1], prefix=image_tokens, prefix_len=batch["prefix_len"])
     return dict(logits=logits), {"text": out}
+
+  def prefill(self, tokens, start, image_tokens):
+    """Decoding (vlm_jax.decoding): [image tokens ; text] once, prefix (image + prompt) seen whole.
+    -> (logits float[B, L, V] of the text positions, cache)."""
+    return self.decoder.prefill(tokens, start, prefix=image_tokens)
+
+  def decode_step(self, cache, token, position):
+    """token int[B] at text position int[B] -> (logits float[B, V], cache)."""
+    return self.decoder.decode_step(cache, token, position)
