@@ -190,3 +190,40 @@ def test_heads_that_do_not_split_over_the_tensor_axis_are_a_clear_error(tmp_path
   result = run_cli("vlm_jax.train", "--config", "configs/shapes_clip.py", "--workdir", str(tmp_path / "w"),
                    "--config.mesh.data=4", "--config.mesh.tensor=2")  # 3 heads over 2 devices
   assert_one_clear_line(result, "does not split over mesh axes")
+
+
+def test_a_run_written_before_scan_resumes_with_its_checkpoint_restacked(data_dir, tmp_path):
+  """A workdir of the loop layout (block_NN params, config.json without model.scan or the text block
+  fields) resumes under scan=True: the checkpoint is converted, values unchanged, and training goes on."""
+  import jax
+  import numpy as np
+  from vlm_jax import checkpointing
+  from vlm_jax.models import layers
+
+  make = lambda steps: tiny(load_config("shapes_coca"), data_dir, total_steps=steps, log_every_steps=2,
+                            eval_every_steps=1000, checkpoint_every_steps=4)
+  old = make(4)
+  old.model.scan = False
+  old.model.vision.depth = 2
+  train.train_and_evaluate(old, str(tmp_path))
+  with open(tmp_path / "config.json") as f:
+    saved = json.load(f)
+  del saved["model"]["scan"]
+  for key in ("norm", "mlp", "posemb", "rope_theta", "num_kv_heads", "cross_attention_gate", "use_bias"):
+    del saved["model"]["text"][key]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  _, loop_params = checkpointing.read_params(str(tmp_path))
+  assert "block_01" in loop_params["vision"]["encoder"]
+
+  config = make(6)
+  config.model.vision.depth = 2
+  train.check_same_model(config, str(tmp_path))  # not refused
+  run = train.Run(config, str(tmp_path), for_training=True)
+  assert run.restore_latest() == 4
+  assert run.state.params["vision"]["encoder"]["blocks"]["mlp"]["fc1"]["kernel"].shape[0] == 2
+  expected = layers.to_scanned_layout(loop_params, jax.tree.map(np.asarray, run.state.params))
+  assert jax.tree.all(jax.tree.map(np.array_equal, expected, jax.tree.map(np.asarray, run.state.params)))
+  run.checkpoints.close()
+  train.train_and_evaluate(config, str(tmp_path))
+  _, params = checkpointing.read_params(str(tmp_path))
+  assert "blocks" in params["vision"]["encoder"] and "blocks" in params["multimodal"]["transformer"]

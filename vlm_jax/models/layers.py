@@ -519,6 +519,15 @@ class Stack(nn.Module):
 # Old checkpoints: loop layout -> scanned layout.
 
 
+def in_loop_layout(source, target) -> bool:
+  """Whether `source` (nested dicts) holds blocks as "block_II" where `target` holds them scanned."""
+  if not isinstance(target, dict) or not isinstance(source, dict):
+    return False
+  if ("blocks" in target or "groups" in target) and "block_00" in source and "blocks" not in source:
+    return True
+  return any(in_loop_layout(source[key], target[key]) for key in source if key in target)
+
+
 def to_scanned_layout(source, target):
   """`source` (nested dicts, block params under "block_II", as scan=False writes them) rearranged into the
   layout of `target` (a scanned model's params or any tree holding them, e.g. optimizer moments): the
