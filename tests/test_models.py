@@ -232,10 +232,9 @@ def test_gated_cross_attention_leaves_the_decoder_unchanged_at_init(scan):
   gated = small_text(compute_logits=True, cross_attention_every=1, cross_attention_gate=True, scan=scan)
   plain = small_text(compute_logits=True, scan=scan)
   params = nn.meta.unbox(gated.init(jax.random.key(0), tokens, image_tokens=images)["params"])
-  without = {k: v for k, v in params.items()}
   strip = lambda tree: {k: strip(v) for k, v in tree.items() if "cross" not in k} if isinstance(tree, dict) else tree
   logits, _ = gated.apply({"params": params}, tokens, image_tokens=images)
-  expected, _ = plain.apply({"params": strip(without)}, tokens)
+  expected, _ = plain.apply({"params": strip(params)}, tokens)
   np.testing.assert_allclose(logits, expected, atol=1e-6)
   opened = jax.tree_util.tree_map_with_path(
       lambda path, a: a + 1.0 if path[-1].key == "cross_attention_gate" else a, params)
@@ -302,17 +301,27 @@ def test_rotary_attention_logits_depend_only_on_relative_position():
   assert float(jnp.max(jnp.abs(moved - y))) > 1e-4
 
 
-def test_prefill_then_decode_steps_equal_the_full_forward_pass_for_a_llama_style_decoder():
+LLAMA_STYLE = dict(posemb="rope", norm="rmsnorm", mlp="swiglu", num_kv_heads=1, attention_bias=False,
+                   mlp_bias=False, logits_bias=False, tied_embedding=False)
+
+
+@pytest.mark.parametrize("config", [
+    LLAMA_STYLE, dict(LLAMA_STYLE, scan=False),
+    dict(depth=3, cross_attention_every=2), dict(depth=3, cross_attention_every=2, scan=False)],
+    ids=["llama", "llama_loop", "cross_groups", "cross_loop"])
+def test_prefill_then_decode_steps_equal_the_full_forward_pass(config):
   """The cache path (prefill of a prompt, then one token at a time) computes the logits of the training
-  forward pass: RoPE, RMSNorm, SwiGLU, grouped-query attention, untied logits without biases."""
-  model = small_text(compute_logits=True, posemb="rope", norm="rmsnorm", mlp="swiglu", num_kv_heads=1,
-                     attention_bias=False, mlp_bias=False, logits_bias=False, tied_embedding=False)
+  forward pass: RoPE, RMSNorm, SwiGLU, grouped-query attention, untied logits without biases; and
+  cross-attention every 2nd of 3 blocks (a scanned group of 2 plus one block left over)."""
+  model = small_text(compute_logits=True, **config)
   tokens = jnp.array([[1, 5, 6, 7, 8, 9, 3, 4], [1, 9, 8, 7, 6, 5, 4, 3]])
-  params = model.init(jax.random.key(0), tokens)
-  assert "pos_embedding" not in params["params"] and "bias" not in params["params"]["logits"]
-  full, _ = model.apply(params, tokens)
+  images = jax.random.normal(jax.random.key(1), (2, 5, 16)) if config.get("cross_attention_every") else None
+  params = model.init(jax.random.key(0), tokens, image_tokens=images)
+  if config.get("posemb") == "rope":
+    assert "pos_embedding" not in params["params"] and "bias" not in params["params"]["logits"]
+  full, _ = model.apply(params, tokens, image_tokens=images)
   start = jnp.array([3, 5])
-  logits, cache = model.apply(params, tokens, start, method="prefill")
+  logits, cache = model.apply(params, tokens, start, images, method="prefill")
   rows = jnp.arange(2)
   for i in range(2):  # the tokens at start, start + 1, fed one at a time
     step, cache = model.apply(params, cache, tokens[rows, start + i], start + i, method="decode_step")

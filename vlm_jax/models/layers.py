@@ -350,7 +350,7 @@ class _BlockGroup(nn.Module):
       if cache is not None:
         block_cache = {"self": jax.tree.map(lambda a: a[j], cache["self"]) if cache.get("self") else {},
                        "cross": cache.get("cross", {}) if cross else {}}
-      x, new = _remat(Block, self.remat)(cross_attention=cross, **self.block, name=f"block_{j:02d}")(
+      x, new = _remat(Block, self.remat, in_scan=True)(cross_attention=cross, **self.block, name=f"block_{j:02d}")(
           x, mask, context, context_mask, positions, block_cache, cache_index)
       outputs.append(x)
       if new is not None:
@@ -362,12 +362,14 @@ class _BlockGroup(nn.Module):
     return x, (jnp.stack(outputs), caches)
 
 
-def _remat(cls, policy: str):
+def _remat(cls, policy: str, in_scan: bool = False):
+  """cls rematerialised with `policy` ("" : as it is). Inside a scan CSE cannot undo the recomputation,
+  so the barriers that prevent it are left out (what jax.checkpoint's docs advise)."""
   if not policy:
     return cls
   if policy not in REMAT_POLICIES:
     raise ValueError(f"unknown remat policy {policy!r}; expected one of {sorted(REMAT_POLICIES)}")
-  return nn.remat(cls, policy=REMAT_POLICIES[policy], prevent_cse=False)
+  return nn.remat(cls, policy=REMAT_POLICIES[policy], prevent_cse=not in_scan)
 
 
 def _stack(trees):
@@ -489,7 +491,7 @@ class Stack(nn.Module):
       fields = dict(size=size, block=self.block_fields(), remat=self.remat)
       name = "groups"
     else:
-      unit = _remat(_ScannedBlock, self.remat)
+      unit = _remat(_ScannedBlock, self.remat, in_scan=True)
       fields = dict(cross_attention=every == 1, **self.block_fields())
       name = "blocks"
     broadcast = nn.broadcast
