@@ -227,3 +227,15 @@ def test_a_run_written_before_scan_resumes_with_its_checkpoint_restacked(data_di
   train.train_and_evaluate(config, str(tmp_path))
   _, params = checkpointing.read_params(str(tmp_path))
   assert "blocks" in params["vision"]["encoder"] and "blocks" in params["multimodal"]["transformer"]
+
+
+def test_a_scanned_workdir_resumed_as_a_loop_is_refused_naming_scan(tmp_path):
+  """Only loop -> scan is converted; the other way is one clear line naming config.model.scan."""
+  from vlm_jax import run_config
+  from vlm_jax.errors import UserError
+  config = run_config.base_config()
+  (tmp_path / "checkpoints").mkdir()
+  (tmp_path / "config.json").write_text(config.to_json())
+  config.model.scan = False
+  with pytest.raises(UserError, match=r"config\.model\.scan differs"):
+    train.check_same_model(config, str(tmp_path))

@@ -200,7 +200,7 @@ class Attention(nn.Module):
     head_dim = self.head_dim or width // self.num_heads
     group = self.num_heads // kv_heads
     kv_names = "heads" if kv_heads == self.num_heads else "kv_heads"
-    # Cross-attention keys/values come from the context; in decoding from the cache (they are not used).
+    # Keys and values project the context (cross-attention) or x (self-attention).
     in_width = width if context is None else context.shape[-1]
 
     def params(name, in_width, heads, heads_name):
