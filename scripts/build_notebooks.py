@@ -255,7 +255,7 @@ from vlm_jax.models.towers import build_vit
 clip = inference.restore(clip_dir)  # the config, tokenizer, model and latest parameters of the workdir
 step = clip.step
 vit_params = clip.params["vision"]  # the ViT's parameters inside the CLIP
-vit_model = build_vit(config.model.vision, jnp.float32)  # the same ViT, as a standalone module
+vit_model = build_vit(config.model.vision, jnp.float32, scan=config.model.scan)  # the same ViT, standalone
 test = pipeline.load_split(config.data, "test")
 images = test["image"][:6]
 (pooled, out), state = vit_model.apply({"params": vit_params}, images, mutable=["intermediates"])
@@ -334,8 +334,12 @@ def find(tree, key):
   return None
 
 
-last_block = state["intermediates"]["encoder"][f"block_{depth - 1:02d}"]
-weights = np.asarray(find(last_block, "attention_weights")[0])  # float[B, heads, 1 + N, 1 + N]
+encoder = state["intermediates"]["encoder"]
+if "blocks" in encoder:  # scanned blocks (config.model.scan) sow one array stacked over the layers
+  weights = np.asarray(find(encoder["blocks"], "attention_weights")[0])[-1]
+else:  # blocks as a loop sow one array per block
+  weights = np.asarray(find(encoder[f"block_{depth - 1:02d}"], "attention_weights")[0])
+# weights: float[B, heads, 1 + N, 1 + N]
 heads = weights.shape[1]
 print("attention weights of the last layer:", weights.shape, "| rows sum to", weights[0, 0, 0].sum().round(4))
 

@@ -101,11 +101,20 @@ def two_tower_expected(model, rng, eos_id: int, pad_id: int, vocab: int, length:
             pixel_values=nchw(resampled), interpolate_pos_encoding=True)))
 
 
+GENERATE_NEW_TOKENS = 12
+
+
 def llama_expected(model, rng, vocab: int) -> dict:
+  """Logits of random tokens, and what greedy `generate` writes after random prompts (EOS left enabled:
+  a row that says EOS is padded after it, as Pretrained.generate must do too)."""
   tokens = rng.integers(0, vocab, size=(2, 9)).astype(np.int32)
+  prompts = rng.integers(3, vocab, size=(3, 5)).astype(np.int32)
   with torch.no_grad():
     logits = model(input_ids=torch.from_numpy(tokens).long()).logits
-  return dict(tokens=tokens, logits=logits.numpy().astype(np.float32))
+    generated = model.generate(torch.from_numpy(prompts).long(), attention_mask=torch.ones(prompts.shape, dtype=torch.long),
+                               max_new_tokens=GENERATE_NEW_TOKENS, do_sample=False)
+  return dict(tokens=tokens, logits=logits.numpy().astype(np.float32), generate_prompts=prompts,
+              generated=generated.numpy().astype(np.int32))
 
 
 def save(model, expected: dict, directory: str) -> None:

@@ -178,19 +178,152 @@ def test_two_tower_embeddings_are_unit_norm():
   np.testing.assert_allclose(outputs["logit_scale"], np.log(1 / 0.07), rtol=1e-6)
 
 
+def _stack(**kwargs):
+  return layers.Stack(**{**dict(depth=4, num_heads=2, mlp_dim=8), **kwargs})
+
+
 def test_cross_attention_every_kth_layer_counts_from_the_top():
-  model = layers.Transformer(depth=4, num_heads=2, mlp_dim=8, cross_attention_every=2)
   x, context = jnp.ones((1, 3, 8)), jnp.ones((1, 5, 8))
-  params = model.init(jax.random.key(0), x, context=context)["params"]
+  params = _stack(cross_attention_every=2, scan=False).init(jax.random.key(0), x, context=context)["params"]
   with_cross = sorted(k for k, v in params.items() if "cross_attention" in v)
   assert with_cross == ["block_01", "block_03"]
+  # Scanned: 5 blocks in groups of 2 from the top (blocks 1-2, 3-4, each ending in cross-attention),
+  # block 0 left over at the bottom, and cross-attending (it is 4 blocks below the top).
+  params = _stack(depth=5, cross_attention_every=2).init(jax.random.key(0), x, context=context)["params"]
+  assert sorted(params) == ["block_00", "groups"] and "cross_attention" in params["block_00"]
+  assert "cross_attention" in params["groups"]["block_01"] and "cross_attention" not in params["groups"]["block_00"]
+  assert params["groups"]["block_01"]["mlp"]["fc1"]["kernel"].value.shape == (2, 8, 8)
+
+
+def _loop_params_as_scanned(loop_params, scanned_params):
+  return layers.to_scanned_layout(nn.meta.unbox(loop_params), nn.meta.unbox(scanned_params))
+
+
+@pytest.mark.parametrize("config", [
+    dict(), dict(cross_attention_every=1), dict(cross_attention_every=2, depth=5, cross_attention_gate=True),
+    dict(cross_attention_every=3, depth=6),
+    dict(norm="rmsnorm", mlp="swiglu", rope_theta=10_000.0, num_kv_heads=1, attention_bias=False, mlp_bias=False),
+    dict(remat="full")])
+def test_scan_and_loop_compute_the_same_function_on_restacked_params(config):
+  x = jax.random.normal(jax.random.key(1), (2, 6, 8))
+  context = jax.random.normal(jax.random.key(2), (2, 5, 8))
+  mask = layers.causal_mask(6)
+  loop, scanned = _stack(scan=False, **config), _stack(scan=True, **config)
+  loop_params = loop.init(jax.random.key(0), x, mask, context)["params"]
+  scanned_params = scanned.init(jax.random.key(0), x, mask, context)["params"]
+  # Random gates: an all-zero gate would hide cross-attention from the comparison.
+  noisy = lambda tree: jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(3), a.shape), tree)
+  loop_params = noisy(nn.meta.unbox(loop_params))
+  restacked = _loop_params_as_scanned(loop_params, scanned_params)
+  assert jax.tree.structure(restacked) == jax.tree.structure(nn.meta.unbox(scanned_params))
+  y_loop, out_loop, _ = loop.apply({"params": loop_params}, x, mask, context)
+  y_scan, out_scan, _ = scanned.apply({"params": restacked}, x, mask, context)
+  np.testing.assert_allclose(y_scan, y_loop, atol=1e-5)
+  np.testing.assert_allclose(out_scan["blocks"], out_loop["blocks"], atol=1e-5)
+  assert out_scan["blocks"].shape == (loop.depth, 2, 6, 8)
+  np.testing.assert_allclose(out_scan["block_01"], out_loop["block_01"], atol=1e-5)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_gated_cross_attention_leaves_the_decoder_unchanged_at_init(scan):
+  """A tanh gate at 0: the same text model with or without image tokens gives the same logits at init."""
+  tokens = jnp.array([[1, 5, 6, 7, 2, 0]])
+  images = jax.random.normal(jax.random.key(1), (1, 4, 16))
+  gated = small_text(compute_logits=True, cross_attention_every=1, cross_attention_gate=True, scan=scan)
+  plain = small_text(compute_logits=True, scan=scan)
+  params = nn.meta.unbox(gated.init(jax.random.key(0), tokens, image_tokens=images)["params"])
+  strip = lambda tree: {k: strip(v) for k, v in tree.items() if "cross" not in k} if isinstance(tree, dict) else tree
+  logits, _ = gated.apply({"params": params}, tokens, image_tokens=images)
+  expected, _ = plain.apply({"params": strip(params)}, tokens)
+  np.testing.assert_allclose(logits, expected, atol=1e-6)
+  opened = jax.tree_util.tree_map_with_path(
+      lambda path, a: a + 1.0 if path[-1].key == "cross_attention_gate" else a, params)
+  changed, _ = gated.apply({"params": opened}, tokens, image_tokens=images)
+  assert float(jnp.max(jnp.abs(changed - expected))) > 1e-4
+
+
+def test_vision_layer_reads_the_stacked_blocks_of_a_scanned_vit():
+  """vision_layer=-2 (LLaVA-1.5's choice here) takes the last block's tokens, before the final norm,
+  from out["blocks"] with scan and from out["block_NN"] without; both the same numbers."""
+  images = random_images(0, n=1)
+  tokens = {}
+  for scan in (False, True):
+    model = PrefixLM(vision=small_vit(pool="none", scan=scan), projector=Projector(16, "linear"),
+                     decoder=small_text(compute_logits=True, max_len=12, scan=scan), vision_layer=-2)
+    batch = {"image": images, "text": jnp.ones((1, 4), jnp.int32), "prefix_len": jnp.ones((1,), jnp.int32)}
+    params = nn.meta.unbox(model.init(jax.random.key(0), batch)["params"])
+    if scan:
+      params = layers.to_scanned_layout(tokens["loop_params"], params)
+    else:
+      tokens["loop_params"] = params
+    _, out = model.apply({"params": params}, images, method=lambda m, x: m.vision(x))
+    tokens[scan] = model.apply({"params": params}, images, method="image_tokens")
+    np.testing.assert_allclose(out["blocks"][-1], out["block_01"], atol=1e-6)
+  np.testing.assert_allclose(tokens[True], tokens[False], atol=1e-5)
 
 
 def test_attention_weights_are_sown_for_probing():
-  model = small_vit(depth=1)
   images = random_images(0, n=1)
-  params = model.init(jax.random.key(0), images)
-  _, state = model.apply(params, images, mutable=["intermediates"])
-  (weights,) = state["intermediates"]["encoder"]["block_00"]["self_attention"]["attention_weights"]
-  chex.assert_shape(weights, (1, 2, 16, 16))
-  np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
+  for scan in (False, True):
+    model = small_vit(depth=3, scan=scan)
+    params = model.init(jax.random.key(0), images)
+    _, state = model.apply(params, images, mutable=["intermediates"])
+    if scan:  # stacked along the layer axis
+      (weights,) = state["intermediates"]["encoder"]["blocks"]["self_attention"]["attention_weights"]
+      chex.assert_shape(weights, (3, 1, 2, 16, 16))
+    else:
+      (weights,) = state["intermediates"]["encoder"]["block_00"]["self_attention"]["attention_weights"]
+      chex.assert_shape(weights, (1, 2, 16, 16))
+    np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
+
+
+def test_grouped_query_attention_equals_multi_head_with_repeated_key_value_heads():
+  """Query head h reads key/value head h // (heads / kv_heads): HF's repeat_kv."""
+  x = jax.random.normal(jax.random.key(1), (2, 5, 16))
+  gqa = layers.Attention(num_heads=4, num_kv_heads=2, rope_theta=10_000.0)
+  mha = layers.Attention(num_heads=4, rope_theta=10_000.0)
+  params = nn.meta.unbox(gqa.init(jax.random.key(0), x)["params"])
+  repeated = {**params, **{f"{n}_{p}": jnp.repeat(params[f"{n}_{p}"], 2, axis=-2 if p == "kernel" else 0)
+                           for n in ("key", "value") for p in ("kernel", "bias")}}
+  np.testing.assert_allclose(gqa.apply({"params": params}, x, mask=layers.causal_mask(5))[0],
+                             mha.apply({"params": repeated}, x, mask=layers.causal_mask(5))[0], atol=1e-5)
+
+
+def test_rotary_attention_logits_depend_only_on_relative_position():
+  """RoPE: shifting every position by the same amount leaves attention unchanged."""
+  x = jax.random.normal(jax.random.key(1), (1, 5, 16))
+  attention = layers.Attention(num_heads=2, rope_theta=10_000.0)
+  params = attention.init(jax.random.key(0), x)
+  y, _ = attention.apply(params, x, positions=jnp.arange(5)[None])
+  shifted, _ = attention.apply(params, x, positions=jnp.arange(5)[None] + 7)
+  np.testing.assert_allclose(y, shifted, atol=1e-5)
+  moved, _ = attention.apply(params, x, positions=jnp.array([[0, 2, 4, 6, 8]]))
+  assert float(jnp.max(jnp.abs(moved - y))) > 1e-4
+
+
+LLAMA_STYLE = dict(posemb="rope", norm="rmsnorm", mlp="swiglu", num_kv_heads=1, attention_bias=False,
+                   mlp_bias=False, logits_bias=False, tied_embedding=False)
+
+
+@pytest.mark.parametrize("config", [
+    LLAMA_STYLE, dict(LLAMA_STYLE, scan=False),
+    dict(depth=3, cross_attention_every=2), dict(depth=3, cross_attention_every=2, scan=False)],
+    ids=["llama", "llama_loop", "cross_groups", "cross_loop"])
+def test_prefill_then_decode_steps_equal_the_full_forward_pass(config):
+  """The cache path (prefill of a prompt, then one token at a time) computes the logits of the training
+  forward pass: RoPE, RMSNorm, SwiGLU, grouped-query attention, untied logits without biases; and
+  cross-attention every 2nd of 3 blocks (a scanned group of 2 plus one block left over)."""
+  model = small_text(compute_logits=True, **config)
+  tokens = jnp.array([[1, 5, 6, 7, 8, 9, 3, 4], [1, 9, 8, 7, 6, 5, 4, 3]])
+  images = jax.random.normal(jax.random.key(1), (2, 5, 16)) if config.get("cross_attention_every") else None
+  params = model.init(jax.random.key(0), tokens, image_tokens=images)
+  if config.get("posemb") == "rope":
+    assert "pos_embedding" not in params["params"] and "bias" not in params["params"]["logits"]
+  full, _ = model.apply(params, tokens, image_tokens=images)
+  start = jnp.array([3, 5])
+  logits, cache = model.apply(params, tokens, start, images, method="prefill")
+  rows = jnp.arange(2)
+  for i in range(2):  # the tokens at start, start + 1, fed one at a time
+    step, cache = model.apply(params, cache, tokens[rows, start + i], start + i, method="decode_step")
+    np.testing.assert_allclose(step, full[rows, start + i], atol=1e-5)
+  np.testing.assert_allclose(logits[rows, start - 1], full[rows, start - 1], atol=1e-5)

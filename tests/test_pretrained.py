@@ -76,6 +76,23 @@ def test_llama_logits_match_transformers(kind, loaded):
   assert max_error(got, data["logits"]) < ATOL
 
 
+@pytest.mark.parametrize("kind", LANGUAGE_MODELS)
+def test_llama_generate_writes_the_tokens_of_transformers_greedy_generate(kind, loaded):
+  """Pretrained.generate (the one decoder, key/value cache, scanned blocks) against transformers'
+  generate(do_sample=False) on the same prompts: every token equal."""
+  data = expected(kind)
+  new = data["generated"].shape[1] - data["generate_prompts"].shape[1]
+  got = loaded[kind].generate(data["generate_prompts"], max_new_tokens=new)
+  np.testing.assert_array_equal(got, data["generated"])
+
+
+def test_llama_loop_and_scanned_layouts_import_the_same_model():
+  scanned, loop = pretrained.from_hf(fixture("llama_gqa")), pretrained.from_hf(fixture("llama_gqa"), scan=False)
+  assert "blocks" in scanned.params["params"]["transformer"] and "block_01" in loop.params["params"]["transformer"]
+  tokens = expected("llama_gqa")["tokens"]
+  np.testing.assert_allclose(scanned.logits(tokens), loop.logits(tokens), atol=1e-5)
+
+
 def test_llama_fixtures_use_grouped_query_attention(loaded):
   """Guards the coverage claim: both Llama fixtures have fewer key/value heads than query heads."""
   for kind in LANGUAGE_MODELS:

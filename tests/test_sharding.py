@@ -133,12 +133,13 @@ def test_large_parameters_are_split_over_fsdp_and_tensor():
   _, _, state = sharded_run(config, steps=1)
   for path, param in jax.tree_util.tree_leaves_with_path(state.params):
     name = jax.tree_util.keystr(path)
-    if param.ndim == 2 and "fc1" in name and "mlp" in name:  # [embed, mlp] kernels: fsdp x tensor
+    # [embed, mlp] kernels ([layers, embed, mlp] when scanned: layers replicated): fsdp x tensor
+    if "fc1" in name and "kernel" in name and "mlp" in name:
       shard_bytes = param.addressable_shards[0].data.nbytes
       assert shard_bytes == param.nbytes // 8, name
   # Adam's moments are sharded like the parameters they belong to.
   mu = state.opt_state[1][0].mu
-  kernel = mu["vision"]["encoder"]["block_00"]["mlp"]["fc1"]["kernel"]
+  kernel = mu["vision"]["encoder"]["blocks"]["mlp"]["fc1"]["kernel"]  # float[layers, embed, mlp]
   assert kernel.addressable_shards[0].data.nbytes == kernel.nbytes // 8
 
 

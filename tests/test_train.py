@@ -182,3 +182,52 @@ def test_llava_two_stages_freeze_what_they_should_and_chain_checkpoints(data_dir
   _, stage2_params = checkpointing.read_params(str(tmp_path / "stage2"))
   assert same(stage2_params["vision"], clip_params["vision"])  # still frozen
   assert not same(stage2_params["decoder"], lm_params["decoder"])  # now trained
+
+
+def test_a_run_written_before_scan_resumes_with_its_checkpoint_restacked(data_dir, tmp_path):
+  """A workdir of the loop layout (block_NN params, config.json without model.scan or the text block
+  fields) resumes under scan=True: the checkpoint is converted, values unchanged, and training goes on."""
+  import jax
+  import numpy as np
+  from vlm_jax import checkpointing
+  from vlm_jax.models import layers
+
+  make = lambda steps: tiny(load_config("shapes_coca"), data_dir, total_steps=steps, log_every_steps=2,
+                            eval_every_steps=1000, checkpoint_every_steps=4)
+  old = make(4)
+  old.model.scan = False
+  old.model.vision.depth = 2
+  trainer.train_and_evaluate(old, str(tmp_path))
+  with open(tmp_path / "config.json") as f:
+    saved = json.load(f)
+  del saved["model"]["scan"]
+  for key in ("norm", "mlp", "posemb", "rope_theta", "num_kv_heads", "cross_attention_gate", "use_bias"):
+    del saved["model"]["text"][key]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  _, loop_params = checkpointing.read_params(str(tmp_path))
+  assert "block_01" in loop_params["vision"]["encoder"]
+
+  config = make(6)
+  config.model.vision.depth = 2
+  run.check_same_model(config, str(tmp_path))  # not refused
+  restored = run.Run(config, str(tmp_path), for_training=True)
+  assert restored.restore_latest() == 4
+  assert restored.state.params["vision"]["encoder"]["blocks"]["mlp"]["fc1"]["kernel"].shape[0] == 2
+  expected = layers.to_scanned_layout(loop_params, jax.tree.map(np.asarray, restored.state.params))
+  assert jax.tree.all(jax.tree.map(np.array_equal, expected, jax.tree.map(np.asarray, restored.state.params)))
+  restored.checkpoints.close()
+  trainer.train_and_evaluate(config, str(tmp_path))
+  _, params = checkpointing.read_params(str(tmp_path))
+  assert "blocks" in params["vision"]["encoder"] and "blocks" in params["multimodal"]["transformer"]
+
+
+def test_a_scanned_workdir_resumed_as_a_loop_is_refused_naming_scan(tmp_path):
+  """Only loop -> scan is converted; the other way is one clear line naming config.model.scan."""
+  from vlm_jax import run_config
+  from vlm_jax.errors import UserError
+  config = run_config.base_config()
+  (tmp_path / "checkpoints").mkdir()
+  (tmp_path / "config.json").write_text(config.to_json())
+  config.model.scan = False
+  with pytest.raises(UserError, match=r"config\.model\.scan differs"):
+    run.check_same_model(config, str(tmp_path))

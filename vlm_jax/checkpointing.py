@@ -45,6 +45,12 @@ class Checkpoints:
       args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     return self.manager.restore(step, args=ocp.args.Composite(**args))["state"]
 
+  def saved_params(self, step: int):
+    """The nested dict of parameter names (leaves: array metadata) of checkpoint `step`, nothing read."""
+    with ocp.StandardCheckpointer() as reader:
+      metadata = reader.metadata(os.path.join(self.directory, str(step), "state")).item_metadata
+    return getattr(metadata, "tree", metadata)["params"]
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
 

@@ -4,9 +4,14 @@ Two paths:
 - `greedy_decode(logits_fn, ...)`: recomputes the whole sequence at every step. Exact and model-agnostic
   (`logits_fn(tokens int[B, L]) -> float[B, L, V]` is the model with its image features bound); it is the
   reference the cached path is tested against.
-- `generate(model, params, images, tokens, start, config=...)`: keys and values cached, so a step costs one
+- `generate(model, params, images, tokens, start, config=...)`: keys/values cached, so a step costs one
   position; greedy, temperature / top-k / top-p sampling, and beam search with a length penalty; stops at
-  EOS; rows have their own prompt lengths. Jit it with `make_generate`: evaluation and inference do.
+  EOS; rows have their own prompt lengths. Jit it with `make_generate` (evaluation and
+  inference do). It runs the model's own modules:
+  the model (PrefixLM, CoCa, CausalLM or a TextTransformer with compute_logits) has
+  `prefill(tokens, start, image_tokens) -> (logits float[B, L, V], cache)` and
+  `decode_step(cache, token, position) -> (logits float[B, V], cache)`. In a cache, the leaves under a
+  "layers" key are float[layers, B, ...] (rows on axis 1); every other leaf is [B] (rows on axis 0).
 
 Buffers: tokens int[B, L] hold each row's prompt left-aligned with padding after it; start int[B] is where
 each row's generated text begins (its prompt length). Generated tokens are written from `start` on; the
@@ -18,8 +23,6 @@ import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
-from vlm_jax.models import cached
 
 METHODS = ("greedy", "sample", "beam")
 
@@ -124,7 +127,28 @@ def choose_tokens(logits, rng, config: DecodeConfig):
 
 # --------------------------------------------------------------------------------------------- sampling
 
-def _sample(layout, params, cache, first_logits, tokens, start, config: DecodeConfig, eos_id: int, rng):
+class _Decoder:
+  """The model's prefill and decode_step, applied with fixed params."""
+
+  def __init__(self, model, params):
+    self.model, self.variables = model, {"params": params}
+
+  def prefill(self, tokens, start, image_tokens):
+    return self.model.apply(self.variables, tokens, start, image_tokens, method="prefill")
+
+  def step(self, cache, token, position):
+    return self.model.apply(self.variables, cache, token, position, method="decode_step")
+
+
+def _map_rows(fn, cache):
+  """fn(array, axis) on every leaf of `cache` along its rows axis (1 under "layers", else 0)."""
+  def apply(path, leaf):
+    in_layers = any(isinstance(k, jax.tree_util.DictKey) and k.key == "layers" for k in path)
+    return fn(leaf, 1 if in_layers else 0)
+  return jax.tree_util.tree_map_with_path(apply, cache)
+
+
+def _sample(decoder, cache, first_logits, tokens, start, config: DecodeConfig, eos_id: int, rng):
   """Greedy or sampled continuation with the cache; -> (tokens int[B, L], log-likelihood float[B]).
 
   first_logits float[B, V] predict the token at `start`. The log-likelihood is that of the unfiltered
@@ -149,7 +173,7 @@ def _sample(layout, params, cache, first_logits, tokens, start, config: DecodeCo
   def body(carry):
     i, tokens, done, logprob, cache, rng = carry
     last = jnp.clip(start + i - 1, 0, length - 1)  # the token written by the previous iteration
-    logits, cache = cached.step(layout, params, cache, tokens[rows, last], last)
+    logits, cache = decoder.step(cache, tokens[rows, last], last)
     rng, key = jax.random.split(rng)
     tokens, done, logprob = emit(logits, key, tokens, start + i, done, logprob)
     return i + 1, tokens, done, logprob, cache, rng
@@ -173,7 +197,7 @@ def _take(x, index):
   return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
-def _beam_search(layout, params, cache, first_logits, tokens, start, config: DecodeConfig, eos_id: int,
+def _beam_search(decoder, cache, first_logits, tokens, start, config: DecodeConfig, eos_id: int,
                  pad_id: int):
   """-> (tokens int[B, K, L], scores float[B, K]): the K best finished hypotheses, best first.
 
@@ -230,15 +254,15 @@ def _beam_search(layout, params, cache, first_logits, tokens, start, config: Dec
     return jnp.max(bound, axis=1) <= state["pool_scores"][:, -1]
 
   state, _ = extend(jnp.repeat(first_logits[:, None], k, axis=1), state, 0)
-  cache = jax.tree.map(lambda a: jnp.repeat(a, k, axis=0) if a.ndim else a, cache)  # slots become rows
+  cache = _map_rows(lambda a, axis: jnp.repeat(a, k, axis=axis), cache)  # slots become rows
 
   def body(carry):
     i, state, cache = carry
     last = jnp.clip(start + i - 1, 0, length - 1)
     previous = state["seqs"][rows, jnp.arange(k)[None], last[:, None]]
-    logits, cache = cached.step(layout, params, cache, previous.reshape(-1), jnp.repeat(last, k))
+    logits, cache = decoder.step(cache, previous.reshape(-1), jnp.repeat(last, k))
     state, parent = extend(logits.reshape(b, k, vocab), state, i)
-    cache = cached.reorder(cache, (rows * k + parent).reshape(-1))
+    cache = _map_rows(lambda a, axis: jnp.take(a, (rows * k + parent).reshape(-1), axis=axis), cache)
     return i + 1, state, cache
 
   def not_finished(carry):
@@ -254,22 +278,22 @@ def _beam_search(layout, params, cache, first_logits, tokens, start, config: Dec
 def generate(model, params, images, tokens, start, *, config: DecodeConfig, eos_id: int, pad_id: int = 0,
              rng=None):
   """Continues `tokens` int[B, L] from `start` int[B] for a PrefixLM or CoCa conditioned on `images`
-  float[B, H, W, 3] (None for a text-only TextTransformer LM). Returns (tokens int[B, L], scores float[B]):
+  float[B, H, W, 3] (None for a text-only LM: CausalLM or TextTransformer). Returns (tokens int[B, L], scores float[B]):
   the log-likelihood of the generated tokens, or for beam search the best hypothesis' penalised score.
   """
   params = nn.meta.unbox(params)
-  layout = cached.for_model(model)
+  decoder = _Decoder(model, params)
   image_tokens = None
   if images is not None:
     image_tokens = model.apply({"params": params}, images, method="image_tokens")
   start = jnp.asarray(start, jnp.int32)
-  logits, cache = cached.prefill(layout, params, image_tokens, tokens, start)
+  logits, cache = decoder.prefill(tokens, start, image_tokens)
   first = logits[jnp.arange(tokens.shape[0]), jnp.clip(start - 1, 0, tokens.shape[1] - 1)]
   if config.method == "beam":
-    seqs, scores = _beam_search(layout, params, cache, first, tokens, start, config, eos_id, pad_id)
+    seqs, scores = _beam_search(decoder, cache, first, tokens, start, config, eos_id, pad_id)
     return seqs[:, 0], scores[:, 0]
   rng = jax.random.key(0) if rng is None else rng
-  return _sample(layout, params, cache, first, tokens, start, config, eos_id, rng)
+  return _sample(decoder, cache, first, tokens, start, config, eos_id, rng)
 
 
 def make_generate(model, config: DecodeConfig, eos_id: int, pad_id: int = 0):

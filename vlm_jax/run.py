@@ -7,12 +7,16 @@ from. Inference needs less (no data, no optimizer state): see vlm_jax.inference.
 import json
 import os
 
+import flax.linen as nn
 import jax
+import ml_collections
+from flax import serialization
 from jax.experimental import multihost_utils
 
 from vlm_jax import checkpointing, models, run_config, sharding, train_state
 from vlm_jax.data import pipeline, tokenizer as tokenizer_lib
 from vlm_jax.errors import UserError
+from vlm_jax.models import layers
 
 
 def prepare_workdir(workdir: str) -> str:
@@ -28,12 +32,29 @@ def prepare_workdir(workdir: str) -> str:
   return workdir
 
 
+def with_legacy_defaults(saved_model: dict) -> dict:
+  """A saved config.model completed with the keys added since: model.scan (absent: the loop layout of
+  runs written before it) and the text block fields (absent: the values that reproduce those runs)."""
+  model = {"scan": False, **saved_model}
+  text = json.loads(run_config.base_config().model.text.to_json())
+  model["text"] = {**text, **model.get("text", {})}
+  return model
+
+
 def check_same_model(config, workdir: str) -> None:
-  """Refuse to resume a workdir whose saved config describes another model (nothing is touched)."""
+  """Refuse to resume a workdir whose saved config describes another model (nothing is touched).
+
+  A run saved with config.model.scan False (or before it existed) resumes with scan True: Run.restore_latest
+  converts its checkpoints to the scanned layout. The other way round is refused.
+  """
   path = os.path.join(workdir, "config.json")
   if os.path.exists(path) and os.path.isdir(os.path.join(workdir, "checkpoints")):
     with open(path) as f:
       saved = json.load(f)
+    if "model" in saved:
+      saved["model"] = with_legacy_defaults(saved["model"])
+      if not saved["model"]["scan"] and config.model.get("scan", True):
+        saved["model"]["scan"] = True
     for section in ("model", "data"):
       current = json.loads(config[section].to_json())
       if saved.get(section) != current:
@@ -87,7 +108,12 @@ class Run:
     """
     for step in sorted(self.checkpoints.all_steps(), reverse=True):
       try:
-        self.state = self.checkpoints.restore(step, self.state, self.data_iterator)
+        if layers.in_loop_layout(self.checkpoints.saved_params(step), self.state.params):
+          self.state = self._restore_loop_layout(step)
+          print(f"converted checkpoint {self.checkpoints.directory}/{step} from the loop layout "
+                "(block_NN) to config.model.scan's stacked layout", flush=True)
+        else:
+          self.state = self.checkpoints.restore(step, self.state, self.data_iterator)
         return int(step)
       except Exception as e:  # orbax/tensorstore raise many kinds for a damaged checkpoint
         print(f"warning: checkpoint {self.checkpoints.directory}/{step} is unreadable "
@@ -95,3 +121,25 @@ class Run:
     if self.checkpoints.all_steps():
       raise UserError(f"no readable checkpoint in {self.checkpoints.directory}; move it away to start afresh")
     return 0
+
+  def _restore_loop_layout(self, step: int):
+    """Checkpoint `step`, written with the blocks as a loop (scan=False, or before config.model.scan),
+    restored into this run's scanned state: each block_NN subtree (params and optimizer moments alike)
+    stacked into the layers.Stack layout, then placed on this run's shardings."""
+    loop_config = ml_collections.ConfigDict(self.config.model.to_dict())
+    loop_config.scan = False
+    loop_model = models.build_model(loop_config, vocab_size=self.tokenizer.vocab_size,
+                                    max_len=self.config.data.max_text_len, eos_id=self.tokenizer.eos_id,
+                                    pad_id=self.tokenizer.pad_id)
+    batch = models.sample_batch(self.model_module.FEATURES, 2, self.config.data.image_size,
+                                self.config.data.max_text_len)
+    init = lambda rng: train_state.TrainState.create(apply_fn=loop_model.apply,
+                                                     params=loop_model.init(rng, batch)["params"], tx=self.tx)
+    replicated = sharding.replicated(self.mesh)
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
+                            nn.meta.unbox(jax.eval_shape(init, jax.random.key(0))))
+    restored = self.checkpoints.restore(step, abstract, self.data_iterator)
+    converted = layers.to_scanned_layout(serialization.to_state_dict(restored),
+                                         serialization.to_state_dict(self.state))
+    state = serialization.from_state_dict(self.state, converted)
+    return jax.tree.map(jax.device_put, state, self.state_shardings)

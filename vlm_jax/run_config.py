@@ -38,6 +38,8 @@ DEFAULT_RULES = (
     ("patch", ""),
     ("position", ""),
     ("classes", ""),
+    ("kv_heads", ""),
+    ("layers", ""),  # the stacked axis of scanned blocks (config.model.scan): every device holds all layers
 )
 
 
@@ -65,14 +67,20 @@ def base_config() -> ml_collections.ConfigDict:
       fashion_mnist_dir=""))  # "" = $VLM_JAX_FASHION_MNIST_DIR or Debian's /usr/share/datasets/fashion-mnist
 
   c.model = ml_collections.ConfigDict(dict(
-      name="two_tower", dtype="float32", remat="", embed_dim=128, vision_layer=-1,
+      # scan: the blocks as one nn.scan (compile time flat in depth; params stacked on a "layers" axis);
+      # False: a Python loop, params block_00, block_01, ... (the layout of runs written before scan).
+      name="two_tower", dtype="float32", remat="", scan=True, embed_dim=128, vision_layer=-1,
       logit_scale_init=2.6592600, logit_bias_init=0.0,  # ln(1/0.07): CLIP's initial temperature
       num_classes=10))  # vit_classifier only
   c.model.vision = ml_collections.ConfigDict(dict(
       patch_size=4, width=96, depth=3, num_heads=3, mlp_dim=256, posemb="sincos2d", cls_token=False,
       pool="gap"))
+  # The text decoder as a CLIP-style tower (these defaults) or as a Llama: norm="rmsnorm", mlp="swiglu",
+  # posemb="rope", num_kv_heads < num_heads, use_bias=False, tied_embedding=False.
+  # cross_attention_gate: tanh gate at 0 on cross-attention (an added cross-attention leaves an LM as it was).
   c.model.text = ml_collections.ConfigDict(dict(
-      width=96, depth=3, num_heads=3, mlp_dim=256, tied_embedding=True))
+      width=96, depth=3, num_heads=3, mlp_dim=256, tied_embedding=True, norm="layernorm", mlp="gelu",
+      posemb="learned", rope_theta=10_000.0, num_kv_heads=0, cross_attention_gate=False, use_bias=True))
   c.model.multimodal = ml_collections.ConfigDict(dict(depth=2))
   c.model.projector = ml_collections.ConfigDict(dict(type="mlp", hidden_dim=0))
 

@@ -17,6 +17,7 @@ from vlm_jax import (checkpointing, evaluation, flops, losses, metrics_writer, m
 from vlm_jax import run as run_lib
 from vlm_jax.data import pipeline, tokenizer as tokenizer_lib
 from vlm_jax.errors import UserError
+from vlm_jax.models import layers
 from vlm_jax.evaluators import specs
 
 
@@ -114,6 +115,8 @@ def initialize_from(params, shardings, init_from) -> dict:
     *parents, last = [k for k in target.split("/") if k] or [None]
     container = _subtree(params, "/".join(parents), "config.init_from target")
     current = container[last] if last else params
+    if layers.in_loop_layout(loaded, current):  # a run written with the blocks as a loop
+      loaded = layers.to_scanned_layout(loaded, current)
     if jax.tree.structure(current) != jax.tree.structure(loaded):
       raise UserError(f"config.init_from: {workdir}/{source or '(all)'} has another parameter layout than "
                       f"{target or '(all)'} of this model")

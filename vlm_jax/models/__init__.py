@@ -9,7 +9,7 @@ it is (README, "Adding a model"):
   EVAL_TYPES     the evaluator types that can score it; DEFAULT_EVALS, those run when config.evals is empty
   PREDICT_TASKS  what `python -m vlm_jax.predict` can ask of it: some of "caption", "answer", "label"
   GENERATES      whether it writes text (decoding.make_generate continues a prompt for it)
-  build(model_config, *, vocab_size, max_len, eos_id, pad_id, dtype, remat) -> the flax module
+  build(model_config, *, vocab_size, max_len, eos_id, pad_id, dtype, remat, scan) -> the flax module
   forward_flops(config, vocab_size, batch_size) -> {component: forward FLOPs of one example}
   predict_fns(model) -> {name: fn(params, ...)} of PREDICT_FNS: what evaluators and predict call
 """
@@ -51,7 +51,8 @@ def get(name: str):
 def build_model(config, *, vocab_size: int, max_len: int, eos_id: int, pad_id: int):
   """config: the `model` section of a run config -> the composed flax module it names."""
   return get(config.name).build(config, vocab_size=vocab_size, max_len=max_len, eos_id=eos_id, pad_id=pad_id,
-                                dtype=towers.dtype_of(config), remat=towers.remat_of(config))
+                                dtype=towers.dtype_of(config), remat=towers.remat_of(config),
+                                scan=bool(config.get("scan", True)))
 
 
 def sample_batch(features, batch_size: int, image_size: int, max_len: int) -> dict:

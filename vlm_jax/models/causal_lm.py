@@ -26,11 +26,18 @@ class CausalLM(nn.Module):
     logits, intermediates = self.decoder(batch["caption"][:, :-1])
     return dict(logits=logits), {"text": intermediates}
 
+  def prefill(self, tokens, start, image_tokens=None):
+    """Decoding (vlm_jax.decoding): -> (logits float[B, L, V], cache); there are no image tokens."""
+    return self.decoder.prefill(tokens, start)
 
-def build(config, *, vocab_size: int, max_len: int, eos_id: int, pad_id: int, dtype, remat: str) -> CausalLM:
+  def decode_step(self, cache, token, position):
+    return self.decoder.decode_step(cache, token, position)
+
+
+def build(config, *, vocab_size: int, max_len: int, eos_id: int, pad_id: int, dtype, remat: str, scan: bool = True) -> CausalLM:
   """config: the run config's `model` section (only its `text` tower)."""
   del eos_id
-  return CausalLM(decoder=towers.build_text(config.text, vocab_size, max_len, dtype, remat, compute_logits=True,
+  return CausalLM(decoder=towers.build_text(config.text, vocab_size, max_len, dtype, remat, scan, compute_logits=True,
                                             tied_embedding=config.text.tied_embedding, pad_id=pad_id))
 
 

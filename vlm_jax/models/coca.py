@@ -31,14 +31,34 @@ class MultimodalDecoder(nn.Module):
   mlp_dim: int = 384
   remat: str = ""
   dtype: layers.Dtype = jnp.float32
+  mlp: str = "gelu"
+  norm_eps: float = 1e-6
+  scan: bool = True
 
-  @nn.compact
+  def setup(self):
+    self.transformer = layers.Stack(self.depth, self.num_heads, self.mlp_dim, cross_attention_every=1,
+                                    mlp=self.mlp, norm_eps=self.norm_eps, scan=self.scan, remat=self.remat,
+                                    dtype=self.dtype)
+    self.final_norm = layers.layer_norm("final_norm", self.dtype, self.norm_eps)
+    self.logits = layers.dense(self.vocab_size, ("embed", "vocab"), self.dtype, "logits")
+
   def __call__(self, x, image_tokens):
-    x, intermediates = layers.Transformer(self.depth, self.num_heads, self.mlp_dim, cross_attention_every=1,
-                                          remat=self.remat, dtype=self.dtype, name="transformer")(
-                                              x, mask=layers.causal_mask(x.shape[1]), context=image_tokens)
-    x = layers.layer_norm("final_norm", self.dtype)(x)
-    return layers.dense(self.vocab_size, ("embed", "vocab"), self.dtype, "logits")(x), intermediates
+    x, intermediates, _ = self.transformer(x, mask=layers.causal_mask(x.shape[1]), context=image_tokens)
+    return self.logits(self.final_norm(x)), intermediates
+
+  def prefill(self, x, image_tokens):
+    """Text states float[B, L, D] -> (logits float[B, L, V], cache {"layers": Stack cache}); the image
+    tokens' keys/values are projected here, once."""
+    x, _, cache = self.transformer(x, mask=layers.causal_mask(x.shape[1]), context=image_tokens, cache={})
+    return self.logits(self.final_norm(x)), {"layers": cache}
+
+  def decode_step(self, cache, x, position):
+    """One text state float[B, D] per row at position int[B] -> (logits float[B, V], cache)."""
+    length = cache["layers"]["self"]["key"].shape[-2]
+    x, _, stack_cache = self.transformer(
+        x[:, None], mask=text.decode_mask(length, position, jnp.zeros_like(position)), cache=cache["layers"],
+        cache_index=position)
+    return self.logits(self.final_norm(x))[:, 0], {"layers": stack_cache}
 
 
 class CoCa(nn.Module):
@@ -85,15 +105,28 @@ class CoCa(nn.Module):
                    logit_scale=scale, logit_bias=bias, logits=logits)
     return outputs, {"image": image_intermediates, "text": text_intermediates}
 
+  def prefill(self, tokens, start, image_tokens):
+    """Decoding (vlm_jax.decoding): the text through the unimodal half, then the multimodal half, which
+    cross-attends `image_tokens`. -> (logits float[B, L, V], cache)."""
+    hidden, unimodal = self.unimodal.prefill(tokens, start)
+    logits, multimodal = self.multimodal.prefill(hidden, image_tokens)
+    return logits, {"unimodal": unimodal, "multimodal": multimodal}
 
-def build(config, *, vocab_size: int, max_len: int, eos_id: int, pad_id: int, dtype, remat: str) -> CoCa:
+  def decode_step(self, cache, token, position):
+    """token int[B] at text position int[B] -> (logits float[B, V], cache)."""
+    hidden, unimodal = self.unimodal.decode_step(cache["unimodal"], token, position)
+    logits, multimodal = self.multimodal.decode_step(cache["multimodal"], hidden, position)
+    return logits, {"unimodal": unimodal, "multimodal": multimodal}
+
+
+def build(config, *, vocab_size: int, max_len: int, eos_id: int, pad_id: int, dtype, remat: str, scan: bool = True) -> CoCa:
   """config: the run config's `model` section; the multimodal half has the text tower's heads and MLP."""
   del eos_id  # the contrastive text embedding is the appended CLS, not the state at EOS
-  return CoCa(vision=towers.build_vit(config.vision, dtype, remat),
-              unimodal=towers.build_text(config.text, vocab_size, max_len, dtype, remat, append_cls=True,
+  return CoCa(vision=towers.build_vit(config.vision, dtype, remat, scan),
+              unimodal=towers.build_text(config.text, vocab_size, max_len, dtype, remat, scan, append_cls=True,
                                          pad_id=pad_id),
               multimodal=MultimodalDecoder(vocab_size, config.multimodal.depth, config.text.num_heads,
-                                           config.text.mlp_dim, remat, dtype),
+                                           config.text.mlp_dim, remat, dtype, scan=scan),
               embed_dim=config.embed_dim, scale_init=config.logit_scale_init,
               bias_init=config.logit_bias_init, dtype=dtype)
 

@@ -3,10 +3,12 @@
 Every parameter carries logical axis names (`nn.with_logical_partitioning`), so how parameters are laid
 out over a device mesh is decided by the rules table in the config, never here. The logical names used:
 
-  embed   model width              mlp     MLP hidden width
-  heads   attention heads          kv      per-head width
-  vocab   vocabulary               patch   flattened patch (p * p * 3)
+  embed   model width              mlp       MLP hidden width
+  heads   attention heads          kv_heads  key/value heads of grouped-query attention (fewer than heads)
+  kv      per-head width           vocab     vocabulary
+  patch   flattened patch (p * p * 3)
   position  sequence positions of learned position embeddings
+  layers  the leading axis of scanned blocks' params (Stack with scan=True)
 """
 
 from typing import Any, Callable
@@ -19,14 +21,14 @@ import numpy as np
 Dtype = Any
 
 
-def partitioned(init: Callable, names: tuple) -> Callable:
-  """An initializer whose parameter carries logical axis `names`."""
-  return nn.with_logical_partitioning(init, names)
-
 
 def at_least_float32(x):
   """x in float32, or in its own dtype when that is wider (float64 in numerical tests)."""
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+def partitioned(init: Callable, names: tuple) -> Callable:
+  """An initializer whose parameter carries logical axis `names`."""
+  return nn.with_logical_partitioning(init, names)
 
 
 def quick_gelu(x):
@@ -46,10 +48,10 @@ def layer_norm(name: str, dtype: Dtype, epsilon: float = 1e-6) -> nn.LayerNorm:
       bias_init=partitioned(nn.initializers.zeros, ("embed",)))
 
 
-def dense(features: int, names: tuple, dtype: Dtype, name: str) -> nn.Dense:
+def dense(features: int, names: tuple, dtype: Dtype, name: str, use_bias: bool = True) -> nn.Dense:
   """Dense layer with xavier-uniform kernel named `names` and zero bias named `names[-1]`."""
   return nn.Dense(
-      features, dtype=dtype, name=name,
+      features, dtype=dtype, name=name, use_bias=use_bias,
       kernel_init=partitioned(nn.initializers.xavier_uniform(), names),
       bias_init=partitioned(nn.initializers.zeros, names[-1:]))
 
@@ -83,144 +85,477 @@ def prefix_lm_mask(prefix_len: jnp.ndarray, length: int) -> jnp.ndarray:
 # ---------------------------------------------------------------------------------------------------------
 
 
-# Rematerialisation: trade recomputation in the backward pass for activation memory.
-REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims}
+# ---------------------------------------------------------------------------------------------------------
+# Norms, MLPs, rotary positions.
+
+
+class RMSNorm(nn.Module):
+  """x / sqrt(mean(x^2) + eps) * scale, in float32 whatever the compute dtype (as HF Llama); scale `embed`."""
+  epsilon: float = 1e-6
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", partitioned(nn.initializers.ones, ("embed",)), (x.shape[-1],))
+    x32 = at_least_float32(x)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
+    return scale.astype(self.dtype) * normed.astype(self.dtype)
+
+
+NORMS = ("layernorm", "rmsnorm")
+
+
+def norm(kind: str, name: str, dtype: Dtype, epsilon: float = 1e-6) -> nn.Module:
+  """A LayerNorm (scale and bias) or an RMSNorm (scale only) over the model width."""
+  if kind == "layernorm":
+    return layer_norm(name, dtype, epsilon)
+  if kind == "rmsnorm":
+    return RMSNorm(epsilon, dtype, name=name)
+  raise ValueError(f"unknown norm {kind!r}; expected one of {NORMS}")
+
+
+MLP_TYPES = tuple(ACTIVATIONS) + ("swiglu",)
 
 
 class MlpBlock(nn.Module):
-  """Dense -> activation -> Dense, back to the input width."""
+  """Dense -> activation -> Dense (fc1, fc2), or SwiGLU down(silu(gate(x)) * up(x)); back to the input width."""
   mlp_dim: int
-  activation: str = "gelu"
+  activation: str = "gelu"  # one of MLP_TYPES
+  use_bias: bool = True
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     width = x.shape[-1]
-    h = dense(self.mlp_dim, ("embed", "mlp"), self.dtype, "fc1")(x)
-    h = ACTIVATIONS[self.activation](h)
-    return dense(width, ("mlp", "embed"), self.dtype, "fc2")(h)
+    linear = lambda features, names, name: dense(features, names, self.dtype, name, self.use_bias)
+    if self.activation == "swiglu":
+      h = nn.silu(linear(self.mlp_dim, ("embed", "mlp"), "gate")(x)) * linear(self.mlp_dim, ("embed", "mlp"), "up")(x)
+      return linear(width, ("mlp", "embed"), "down")(h)
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f"unknown mlp {self.activation!r}; expected one of {MLP_TYPES}")
+    h = ACTIVATIONS[self.activation](linear(self.mlp_dim, ("embed", "mlp"), "fc1")(x))
+    return linear(width, ("mlp", "embed"), "fc2")(h)
 
 
-class MultiHeadAttention(nn.Module):
-  """Multi-head dot-product attention; self-attention when `context` is None, else cross-attention.
+def apply_rotary(x: jnp.ndarray, positions: jnp.ndarray, theta: float) -> jnp.ndarray:
+  """x float[B, T, ..., hd] rotated by positions int[B|1, T]: HF Llama's default rotary embedding.
 
-  The attention weights float[B, heads, Tq, Tk] are sown as intermediates ("attention_weights") so attention
-  maps can be read with `mutable=["intermediates"]` and no hooks.
+  Angle t * theta**(-2i/hd) for i < hd/2, shared by feature i and feature i + hd/2 (`rotate_half`: the
+  first half of a head pairs with the second half, not even with odd features); float32 angles, as HF.
+  """
+  head_dim = x.shape[-1]
+  inv_freq = (1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)).astype(np.float32)
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, hd/2]
+  angles = jnp.concatenate([angles, angles], axis=-1)
+  shape = angles.shape[:2] + (1,) * (x.ndim - 3) + (head_dim,)
+  cos, sin = (f(angles).reshape(shape).astype(x.dtype) for f in (jnp.cos, jnp.sin))
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  return x * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Attention.
+
+
+def _write(cache: jnp.ndarray, new: jnp.ndarray, index: jnp.ndarray) -> jnp.ndarray:
+  """cache float[B, H, S, hd] with new float[B, H, T, hd] written at positions index[b] ... index[b] + T - 1."""
+  if new.shape[2] == 1:  # one decoding step: a scatter of one position per row
+    return cache.at[jnp.arange(cache.shape[0]), :, index].set(new[:, :, 0])
+  return jax.vmap(lambda c, n, i: jax.lax.dynamic_update_slice(c, n, (0, i, 0)))(cache, new, index)
+
+
+class Attention(nn.Module):
+  """Dot-product attention: self-attention, or with `cross` cross-attention to `context`.
+
+  Multi-head, or grouped-query with `num_kv_heads` < `num_heads` (query head h reads key/value head
+  h // (num_heads / num_kv_heads), HF's `repeat_kv` grouping); rotary positions on queries and keys when
+  `rope_theta` > 0 (self-attention only). The attention weights float[B, heads, Tq, Tk] are sown as
+  intermediates ("attention_weights") so attention maps can be read with `mutable=["intermediates"]`.
+
+  The key/value cache is an argument and a result, so prefill and one-step decoding run this same module:
+    cache=None   training: nothing kept, returns (y, None).
+    cache={}     prefill: returns the keys/values computed here as the cache, {"key", "value"}.
+    cache={"key", "value"} float[B, kv_heads, S, head_dim]: self-attention writes this call's keys/values
+                 at positions cache_index int[B] (+ t) and attends the whole cache (masked by `mask`);
+                 cross-attention (context None) reuses the cached keys/values of the context.
+  The cache is heads-first: the attention matmuls read it as it lies (a [B, S, heads, head_dim] cache cost
+  a transpose of every layer's keys and values at every step, ~40% of a decoding step on CPU).
   """
   num_heads: int
+  num_kv_heads: int = 0  # 0: num_heads
+  head_dim: int = 0  # 0: width // num_heads
+  rope_theta: float = 0.0  # > 0: rotary positions
+  use_bias: bool = True
+  cross: bool = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, context=None, mask=None):
-    self_attention = context is None
-    context = x if context is None else context
-    width = x.shape[-1]
-    if width % self.num_heads:
+  def __call__(self, x, *, context=None, mask=None, positions=None, cache=None, cache_index=None):
+    """x float[B, T, D]; context float[B, N, Dc]; mask bool[B|1, 1, T, S]; positions int[B|1, T].
+    Returns (float[B, T, D], the new cache or None)."""
+    self_attention = not self.cross
+    if self.cross and context is None and not cache:
+      raise ValueError("cross-attention needs `context` (or, when decoding, the cache made from it)")
+    width, dtype = x.shape[-1], self.dtype
+    kv_heads = self.num_kv_heads or self.num_heads
+    if self.num_heads % kv_heads:
+      raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {kv_heads}")
+    if not self.head_dim and width % self.num_heads:
       raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
-    head_dim = width // self.num_heads
-    dtype = self.dtype
+    head_dim = self.head_dim or width // self.num_heads
+    group = self.num_heads // kv_heads
+    kv_names = "heads" if kv_heads == self.num_heads else "kv_heads"
+    # Keys and values project the context (cross-attention) or x (self-attention).
+    in_width = width if context is None else context.shape[-1]
 
-    def params(name, in_width):
-      """The `name` projection's kernel float[in, heads, head_dim] and bias float[heads, head_dim]."""
+    def params(name, in_width, heads, heads_name):
+      """The `name` projection's kernel float[in, heads, head_dim] and bias float[heads, head_dim] (or 0)."""
       kernel = self.param(f"{name}_kernel",
                           partitioned(nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2)),
-                                      ("embed", "heads", "kv")),
-                          (in_width, self.num_heads, head_dim))
-      bias = self.param(f"{name}_bias", partitioned(nn.initializers.zeros, ("heads", "kv")),
-                        (self.num_heads, head_dim))
+                                      ("embed", heads_name, "kv")), (in_width, heads, head_dim))
+      bias = jnp.zeros((heads, head_dim), dtype)
+      if self.use_bias:
+        bias = self.param(f"{name}_bias", partitioned(nn.initializers.zeros, (heads_name, "kv")), (heads, head_dim))
       return kernel.astype(dtype), bias.astype(dtype)
-
-    def project(inputs, *kernels_and_biases):
-      """float[B, T, D] -> one float[B, T, heads, head_dim] per (kernel, bias), from ONE matmul.
-
-      The kernels are concatenated on the fly (the parameters stay separate): one [D, n*D] matmul is
-      faster than n [D, D] ones, most of all in the backward pass, where the input gradient is one
-      matmul instead of n matmuls and n-1 additions.
-      """
-      kernels = [k for k, _ in kernels_and_biases]
-      biases = [b for _, b in kernels_and_biases]
-      if len(kernels) == 1:
-        return (jnp.einsum("btd,dhk->bthk", inputs.astype(dtype), kernels[0]) + biases[0],)
-      fused = jnp.einsum("btd,dnhk->btnhk", inputs.astype(dtype), jnp.stack(kernels, axis=1)) + jnp.stack(biases)
-      return tuple(fused[:, :, i] for i in range(len(kernels)))
 
     # 1/sqrt(head_dim) is folded into the query projection (a [D, D] multiply, not one per logit).
     scale = np.float32(1.0 / np.sqrt(head_dim)).astype(dtype)
-    query_kernel, query_bias = params("query", width)
-    query = (query_kernel * scale, query_bias * scale)
-    key = params("key", context.shape[-1])
-    value = params("value", context.shape[-1])
+    query_kernel, query_bias = params("query", width, self.num_heads, "heads")
+    query = (query_kernel.reshape(width, kv_heads, group, head_dim) * scale,
+             query_bias.reshape(kv_heads, group, head_dim) * scale)
+
+    def key_value():
+      """The key and value (kernel float[in, kv_heads, 1, hd], bias float[kv_heads, 1, hd]) pairs."""
+      return [tuple(a[:, :, None] if a.ndim == 3 else a[:, None] for a in params(name, in_width, kv_heads, kv_names))
+              for name in ("key", "value")]
+
+    def project(inputs, *kernels_and_biases):
+      """float[B, T, D] -> float[B, T, kv_heads, n, head_dim] from ONE matmul over the kernels concatenated
+      on the fly (the parameters stay separate): one [D, n*D] matmul is faster than n [D, D] ones, most of
+      all in the backward pass (one input-gradient matmul instead of n matmuls and n-1 additions)."""
+      kernel = jnp.concatenate([k for k, _ in kernels_and_biases], axis=2)
+      bias = jnp.concatenate([b for _, b in kernels_and_biases], axis=1)
+      return jnp.einsum("btd,dkgh->btkgh", inputs.astype(dtype), kernel) + bias
+
     if self_attention:
-      q, k, v = project(x, query, key, value)
+      fused = project(x, query, *key_value())
+      q, k, v = fused[..., :group, :], fused[..., group, :], fused[..., group + 1, :]
+      if self.rope_theta:
+        if positions is None:
+          positions = jnp.arange(x.shape[1])[None]
+        q, k = apply_rotary(q, positions, self.rope_theta), apply_rotary(k, positions, self.rope_theta)
     else:
-      (q,) = project(x, query)
-      k, v = project(context, key, value)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+      q = project(x, query)
+    heads_first = cache is not None
+    if self_attention or context is not None:
+      if not self_attention:
+        kv = project(context, *key_value())
+        k, v = kv[..., 0, :], kv[..., 1, :]
+      if heads_first:  # [B, S, kv_heads, hd] -> the cache layout; in decoding only the new tokens move
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+        if self_attention and cache:
+          k, v = _write(cache["key"], k, cache_index), _write(cache["value"], v, cache_index)
+    else:  # cross-attention during decoding: the context's keys/values were cached at prefill
+      k, v = cache["key"], cache["value"]
+    new_cache = {"key": k, "value": v} if heads_first else None
+
+    key_spec = "bksh" if heads_first else "bskh"
+    logits = jnp.einsum(f"btkgh,{key_spec}->bkgts", q, k)
     if mask is not None:
-      logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+      logits = jnp.where(mask[:, :, None], logits, jnp.finfo(logits.dtype).min)
     # Softmax in float32 whatever the compute dtype: bf16 exponentials lose the small weights.
     weights = jax.nn.softmax(at_least_float32(logits), axis=-1).astype(dtype)
-    self.sow("intermediates", "attention_weights", weights)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    b, t, s = x.shape[0], x.shape[1], weights.shape[-1]
+    self.sow("intermediates", "attention_weights", weights.reshape(b, self.num_heads, t, s))
+    out = jnp.einsum(f"bkgts,{key_spec}->btkgh", weights, v).reshape(b, t, self.num_heads, head_dim)
     out_kernel = self.param("out_kernel",
                             partitioned(nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2),
-                                        ("heads", "kv", "embed")),
-                            (self.num_heads, head_dim, width))
-    out_bias = self.param("out_bias", partitioned(nn.initializers.zeros, ("embed",)), (width,))
-    return jnp.einsum("bqhd,hde->bqe", out, out_kernel.astype(dtype)) + out_bias.astype(dtype)
+                                        ("heads", "kv", "embed")), (self.num_heads, head_dim, width))
+    y = jnp.einsum("bthd,hde->bte", out, out_kernel.astype(dtype))
+    if self.use_bias:
+      y = y + self.param("out_bias", partitioned(nn.initializers.zeros, ("embed",)), (width,)).astype(dtype)
+    return y, new_cache
 
 
-class TransformerBlock(nn.Module):
-  """Pre-LayerNorm block: self-attention, optional cross-attention to `context`, MLP; each residual."""
+# ---------------------------------------------------------------------------------------------------------
+# Blocks and the stack.
+
+
+# Rematerialisation: trade recomputation in the backward pass for activation memory.
+REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims}
+
+
+class Block(nn.Module):
+  """Pre-norm block: self-attention, optional (gated) cross-attention to `context`, MLP; each residual.
+
+  `cross_attention_gate`: the cross-attention output is scaled by tanh(g), g a learned scalar initialised
+  at 0 (Flamingo, Llama-3.2-Vision), so cross-attention added to a pretrained LM leaves it unchanged at
+  step 0. Returns (x, cache): cache None in training, else {"self": ..., "cross": ...} (see Attention).
+  """
   num_heads: int
   mlp_dim: int
   cross_attention: bool = False
-  activation: str = "gelu"
-  layer_norm_eps: float = 1e-6
+  cross_attention_gate: bool = False
+  num_kv_heads: int = 0
+  head_dim: int = 0
+  norm: str = "layernorm"  # one of NORMS
+  mlp: str = "gelu"  # one of MLP_TYPES
+  norm_eps: float = 1e-6
+  rope_theta: float = 0.0
+  attention_bias: bool = True
+  mlp_bias: bool = True
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask=None, context=None, context_mask=None):
-    norm = lambda name: layer_norm(name, self.dtype, self.layer_norm_eps)
-    x = x + MultiHeadAttention(self.num_heads, self.dtype, name="self_attention")(
-        norm("norm_self_attention")(x), mask=mask)
+  def __call__(self, x, mask=None, context=None, context_mask=None, positions=None, cache=None, cache_index=None):
+    normed = lambda name: norm(self.norm, name, self.dtype, self.norm_eps)
+    attention = lambda name, cross, rope: Attention(
+        self.num_heads, self.num_kv_heads, self.head_dim, rope, self.attention_bias, cross, self.dtype, name=name)
+    decoding = cache is not None
+    h, self_cache = attention("self_attention", False, self.rope_theta)(
+        normed("norm_self_attention")(x), mask=mask, positions=positions,
+        cache=cache.get("self", {}) if decoding else None, cache_index=cache_index)
+    x = x + h
+    new_cache = {"self": self_cache} if decoding else None
     if self.cross_attention:
-      if context is None:
-        raise ValueError("a cross-attention block needs image tokens as `context`")
-      x = x + MultiHeadAttention(self.num_heads, self.dtype, name="cross_attention")(
-          norm("norm_cross_attention")(x), context=context, mask=context_mask)
-    x = x + MlpBlock(self.mlp_dim, self.activation, self.dtype, name="mlp")(norm("norm_mlp")(x))
-    return x
+      h, cross_cache = attention("cross_attention", True, 0.0)(
+          normed("norm_cross_attention")(x), context=context, mask=context_mask,
+          cache=cache.get("cross", {}) if decoding else None)
+      if self.cross_attention_gate:
+        gate = self.param("cross_attention_gate", partitioned(nn.initializers.zeros, ()), ())
+        h = h * jnp.tanh(gate).astype(self.dtype)
+      x = x + h
+      if decoding:
+        new_cache["cross"] = cross_cache
+    x = x + MlpBlock(self.mlp_dim, self.mlp, self.mlp_bias, self.dtype, name="mlp")(normed("norm_mlp")(x))
+    return x, new_cache
 
 
-class Transformer(nn.Module):
-  """A stack of `depth` blocks. Cross-attention in every `cross_attention_every`-th block (0: none).
+class _ScannedBlock(Block):
+  """A Block in nn.scan's form: (carry, per-layer outputs) = (x, (x, cache))."""
 
-  Returns (x, out) where out[f"block_{i:02d}"] is the residual stream after block i.
+  def __call__(self, x, *args):
+    x, cache = super().__call__(x, *args)
+    return x, (x, cache)
+
+
+class _BlockGroup(nn.Module):
+  """`size` blocks in a row, only the last cross-attending: the unit scanned when cross-attention comes
+  every size-th block. Returns (x, (float[size, B, T, D] after each block, caches stacked over the group))."""
+  size: int
+  block: dict  # Block fields (cross_attention excluded)
+  remat: str = ""
+
+  @nn.compact
+  def __call__(self, x, mask, context, context_mask, positions, cache, cache_index):
+    outputs, self_caches, cross_cache = [], [], None
+    for j in range(self.size):
+      cross = j == self.size - 1
+      block_cache = None
+      if cache is not None:
+        block_cache = {"self": jax.tree.map(lambda a: a[j], cache["self"]) if cache.get("self") else {},
+                       "cross": cache.get("cross", {}) if cross else {}}
+      x, new = _remat(Block, self.remat, in_scan=True)(cross_attention=cross, **self.block, name=f"block_{j:02d}")(
+          x, mask, context, context_mask, positions, block_cache, cache_index)
+      outputs.append(x)
+      if new is not None:
+        self_caches.append(new["self"])
+        cross_cache = new.get("cross", cross_cache)
+    caches = None
+    if cache is not None:
+      caches = {"self": jax.tree.map(lambda *a: jnp.stack(a), *self_caches), "cross": cross_cache}
+    return x, (jnp.stack(outputs), caches)
+
+
+def _remat(cls, policy: str, in_scan: bool = False):
+  """cls rematerialised with `policy` ("" : as it is). Inside a scan CSE cannot undo the recomputation,
+  so the barriers that prevent it are left out (what jax.checkpoint's docs advise)."""
+  if not policy:
+    return cls
+  if policy not in REMAT_POLICIES:
+    raise ValueError(f"unknown remat policy {policy!r}; expected one of {sorted(REMAT_POLICIES)}")
+  return nn.remat(cls, policy=REMAT_POLICIES[policy], prevent_cse=not in_scan)
+
+
+def _stack(trees):
+  return jax.tree.map(lambda *a: jnp.stack(a), *trees)
+
+
+class Stack(nn.Module):
+  """`depth` Blocks; cross-attention in every `cross_attention_every`-th block (0: none), counted from the
+  top, so "every 2nd" includes the last block, the one that feeds the output.
+
+  scan=True runs the blocks as one nn.scan (compile time flat in depth), params stacked on a leading
+  "layers" axis. Scanning needs identical steps, so with cross-attention every k-th block (k > 1) the
+  unit is a group of k blocks (k - 1 plain, then one cross-attending), params under "groups/block_JJ"
+  float[depth // k, ...]; the depth % k blocks left over at the bottom (the last of them cross-attends)
+  run before it unscanned, as "block_II". With k <= 1 the unit is one block, params under "blocks".
+  scan=False: a Python loop, params under "block_II" (the layout of checkpoints written before scan).
+
+  Returns (x, out, cache): out["blocks"] float[depth, B, T, D] is the residual stream after each block,
+  out["block_II"] the same one by one. cache (decoding; see Attention): {"self": {"key", "value"}
+  float[depth, B, kv_heads, S, hd], "cross": the same over the cross-attending blocks, [n_cross, B, ...]};
+  pass {} to prefill (the cache is what the call computes), None to train (None comes back).
   """
   depth: int
   num_heads: int
   mlp_dim: int
   cross_attention_every: int = 0
-  activation: str = "gelu"
-  layer_norm_eps: float = 1e-6
+  cross_attention_gate: bool = False
+  num_kv_heads: int = 0
+  head_dim: int = 0
+  norm: str = "layernorm"
+  mlp: str = "gelu"
+  norm_eps: float = 1e-6
+  rope_theta: float = 0.0
+  attention_bias: bool = True
+  mlp_bias: bool = True
+  scan: bool = True
   remat: str = ""  # "": keep activations; "full": recompute each block; "dots": keep only matmul outputs
   dtype: Dtype = jnp.float32
 
+  def block_fields(self) -> dict:
+    return dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, cross_attention_gate=self.cross_attention_gate,
+                num_kv_heads=self.num_kv_heads, head_dim=self.head_dim, norm=self.norm, mlp=self.mlp,
+                norm_eps=self.norm_eps, rope_theta=self.rope_theta, attention_bias=self.attention_bias,
+                mlp_bias=self.mlp_bias, dtype=self.dtype)
+
+  def is_cross(self, i: int) -> bool:
+    every = self.cross_attention_every
+    return every > 0 and (self.depth - 1 - i) % every == 0
+
   @nn.compact
-  def __call__(self, x, mask=None, context=None, context_mask=None):
-    out = {}
-    block = TransformerBlock
-    if self.remat:
-      if self.remat not in REMAT_POLICIES:
-        raise ValueError(f"unknown remat policy {self.remat!r}; expected one of {sorted(REMAT_POLICIES)}")
-      block = nn.remat(TransformerBlock, policy=REMAT_POLICIES[self.remat])
+  def __call__(self, x, mask=None, context=None, context_mask=None, positions=None, cache=None, cache_index=None):
+    if self.cross_attention_every and context is None and not cache:
+      raise ValueError("a cross-attention block needs image tokens as `context`")
+    args = (mask, context, context_mask, positions)
+    if self.scan:
+      x, outputs, new_cache = self._scanned(x, args, cache, cache_index)
+    else:
+      x, outputs, new_cache = self._loop(x, args, cache, cache_index)
+    out = {"blocks": outputs, **{f"block_{i:02d}": outputs[i] for i in range(self.depth)}}
+    return x, out, new_cache
+
+  def _block_cache(self, cache, i: int, cross_index: int):
+    """Block i's slice of a stack cache ({} at prefill, None in training)."""
+    if cache is None:
+      return None
+    if not cache:
+      return {}
+    block = {"self": jax.tree.map(lambda a: a[i], cache["self"])}
+    if self.is_cross(i):
+      block["cross"] = jax.tree.map(lambda a: a[cross_index], cache["cross"])
+    return block
+
+  @staticmethod
+  def _join(block_caches):
+    """Per-block caches (in depth order) -> the stack cache, or None in training."""
+    if not block_caches or block_caches[0] is None:
+      return None
+    joined = {"self": _stack([c["self"] for c in block_caches])}
+    cross = [c["cross"] for c in block_caches if "cross" in c]
+    if cross:
+      joined["cross"] = _stack(cross)
+    return joined
+
+  def _loop(self, x, args, cache, cache_index):
+    outputs, caches, crosses = [], [], 0
     for i in range(self.depth):
-      # Counted from the top, so "every 2nd" includes the last block, the one that feeds the output.
-      cross = self.cross_attention_every > 0 and (self.depth - 1 - i) % self.cross_attention_every == 0
-      x = block(
-          self.num_heads, self.mlp_dim, cross_attention=cross, activation=self.activation,
-          layer_norm_eps=self.layer_norm_eps, dtype=self.dtype, name=f"block_{i:02d}")(
-              x, mask=mask, context=context, context_mask=context_mask)
-      out[f"block_{i:02d}"] = x
-    return x, out
+      x, new = _remat(Block, self.remat)(cross_attention=self.is_cross(i), **self.block_fields(),
+                                         name=f"block_{i:02d}")(
+          x, *args, self._block_cache(cache, i, crosses), cache_index)
+      crosses += self.is_cross(i)
+      outputs.append(x)
+      caches.append(new)
+    return x, jnp.stack(outputs), self._join(caches)
+
+  def _scanned(self, x, args, cache, cache_index):
+    every = self.cross_attention_every
+    size = every if every > 1 else 1
+    lead, steps = self.depth % size, self.depth // size
+    outputs, caches = [], []
+    for i in range(lead):  # the leftover blocks at the bottom, the last of them cross-attending
+      x, new = _remat(Block, self.remat)(cross_attention=self.is_cross(i), **self.block_fields(),
+                                         name=f"block_{i:02d}")(x, *args, self._block_cache(cache, i, 0), cache_index)
+      outputs.append(x[None])
+      caches.append(new)
+    lead_cross = sum(self.is_cross(i) for i in range(lead))
+
+    scanned_cache = None  # per step: {"self": [size, ...] or [...], "cross": [...]}
+    if cache is not None:
+      scanned_cache = {}
+      if cache:
+        self_cache = jax.tree.map(lambda a: a[lead:], cache["self"])
+        if size > 1:
+          self_cache = jax.tree.map(lambda a: a.reshape((steps, size) + a.shape[1:]), self_cache)
+        scanned_cache = {"self": self_cache}
+        if every:
+          scanned_cache["cross"] = jax.tree.map(lambda a: a[lead_cross:], cache["cross"])
+    if size > 1:
+      unit = _BlockGroup
+      fields = dict(size=size, block=self.block_fields(), remat=self.remat)
+      name = "groups"
+    else:
+      unit = _remat(_ScannedBlock, self.remat, in_scan=True)
+      fields = dict(cross_attention=every == 1, **self.block_fields())
+      name = "blocks"
+    broadcast = nn.broadcast
+    scan = nn.scan(unit, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
+                   in_axes=(broadcast, broadcast, broadcast, broadcast, 0, broadcast), length=steps,
+                   metadata_params={nn.PARTITION_NAME: "layers"})
+    x, (stacked, step_caches) = scan(**fields, name=name)(x, *args, scanned_cache, cache_index)
+    if size > 1:
+      stacked = stacked.reshape((steps * size,) + stacked.shape[2:])
+    outputs.append(stacked)
+
+    new_cache = None
+    if cache is not None:
+      lead_cache = self._join(caches) if caches else None
+      self_steps = step_caches["self"]
+      if size > 1:
+        self_steps = jax.tree.map(lambda a: a.reshape((steps * size,) + a.shape[2:]), self_steps)
+      parts = [lead_cache["self"]] if lead_cache else []
+      new_cache = {"self": jax.tree.map(lambda *a: jnp.concatenate(a), *parts, self_steps)}
+      if every:
+        cross_parts = [lead_cache["cross"]] if lead_cache and "cross" in lead_cache else []
+        new_cache["cross"] = jax.tree.map(lambda *a: jnp.concatenate(a), *cross_parts, step_caches["cross"])
+    return x, jnp.concatenate(outputs) if len(outputs) > 1 else outputs[0], new_cache
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Old checkpoints: loop layout -> scanned layout.
+
+
+def in_loop_layout(source, target) -> bool:
+  """Whether `source` (nested dicts) holds blocks as "block_II" where `target` holds them scanned."""
+  if not isinstance(target, dict) or not isinstance(source, dict):
+    return False
+  if ("blocks" in target or "groups" in target) and "block_00" in source and "blocks" not in source:
+    return True
+  return any(in_loop_layout(source[key], target[key]) for key in source if key in target)
+
+
+def to_scanned_layout(source, target):
+  """`source` (nested dicts, block params under "block_II", as scan=False writes them) rearranged into the
+  layout of `target` (a scanned model's params or any tree holding them, e.g. optimizer moments): the
+  "block_II" subtrees stacked along a new axis 0 where target has "blocks" or "groups" (see Stack).
+  Other subtrees are kept as they are; leaves of target are only read for their structure.
+  """
+  if not isinstance(target, dict) or not isinstance(source, dict):
+    return source
+  if ("blocks" in target or "groups" in target) and "block_00" in source:
+    converted = {}
+    lead = sum(1 for key in target if key.startswith("block_"))
+    for key in target:
+      if key == "blocks":
+        steps = len([k for k in source if k.startswith("block_")]) - lead
+        converted[key] = _stack([source[f"block_{lead + i:02d}"] for i in range(steps)])
+      elif key == "groups":
+        size = len(target["groups"])
+        steps = (len([k for k in source if k.startswith("block_")]) - lead) // size
+        converted[key] = {f"block_{j:02d}": _stack([source[f"block_{lead + g * size + j:02d}"] for g in range(steps)])
+                          for j in range(size)}
+      else:
+        converted[key] = to_scanned_layout(source[key], target[key])
+    return converted
+  return {key: to_scanned_layout(source[key], target[key]) if key in target else source[key] for key in source}

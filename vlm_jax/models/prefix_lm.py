@@ -33,8 +33,8 @@ class PrefixLM(nn.Module):
     _, intermediates = self.vision(images)
     if self.vision_layer == -1:
       tokens = intermediates["encoded"]
-    else:
-      tokens = intermediates[f"block_{self.vision.depth + self.vision_layer + 1:02d}"]
+    else:  # intermediates["blocks"] float[depth, B, N, D]: -2 is the last block's output, before the final norm
+      tokens = intermediates["blocks"][self.vision.depth + self.vision_layer + 1]
     if self.vision.cls_token:
       tokens = tokens[:, 1:]
     return self.projector(tokens)
@@ -49,14 +49,23 @@ class PrefixLM(nn.Module):
     logits, intermediates = self.decoder(batch["text"][:, :-1], prefix=image_tokens, prefix_len=batch["prefix_len"])
     return dict(logits=logits), {"text": intermediates}
 
+  def prefill(self, tokens, start, image_tokens):
+    """Decoding (vlm_jax.decoding): [image tokens ; text] once, prefix (image + prompt) seen whole.
+    -> (logits float[B, L, V] of the text positions, cache)."""
+    return self.decoder.prefill(tokens, start, prefix=image_tokens)
 
-def build(config, *, vocab_size: int, max_len: int, eos_id: int, pad_id: int, dtype, remat: str) -> PrefixLM:
+  def decode_step(self, cache, token, position):
+    """token int[B] at text position int[B] -> (logits float[B, V], cache)."""
+    return self.decoder.decode_step(cache, token, position)
+
+
+def build(config, *, vocab_size: int, max_len: int, eos_id: int, pad_id: int, dtype, remat: str, scan: bool = True) -> PrefixLM:
   """config: the run config's `model` section; the projector maps the ViT's width to the decoder's."""
   del eos_id  # generation stops at EOS; the model itself never looks for it
-  return PrefixLM(vision=towers.build_vit(config.vision, dtype, remat),
+  return PrefixLM(vision=towers.build_vit(config.vision, dtype, remat, scan),
                   projector=projector.Projector(config.text.width, config.projector.type,
                                                 config.projector.hidden_dim, dtype),
-                  decoder=towers.build_text(config.text, vocab_size, max_len, dtype, remat, compute_logits=True,
+                  decoder=towers.build_text(config.text, vocab_size, max_len, dtype, remat, scan, compute_logits=True,
                                             tied_embedding=config.text.tied_embedding, pad_id=pad_id),
                   vision_layer=config.vision_layer, dtype=dtype)
 

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from vlm_jax.errors import UserError
+from vlm_jax.models import layers, text as text_module
 from vlm_jax.models.text import TextTransformer
 from vlm_jax.models.vit import ViT
 
@@ -29,14 +30,31 @@ def remat_of(model_config: ml_collections.ConfigDict) -> str:
   return model_config.remat
 
 
-def build_vit(vision: ml_collections.ConfigDict, dtype, remat: str = "") -> ViT:
+def build_vit(vision: ml_collections.ConfigDict, dtype, remat: str = "", scan: bool = True) -> ViT:
   return ViT(patch_size=vision.patch_size, width=vision.width, depth=vision.depth,
              num_heads=vision.num_heads, mlp_dim=vision.mlp_dim, posemb=vision.posemb,
-             cls_token=vision.cls_token, pool=vision.pool, remat=remat, dtype=dtype)
+             cls_token=vision.cls_token, pool=vision.pool, scan=scan, remat=remat, dtype=dtype)
+
+
+def text_fields(text: ml_collections.ConfigDict) -> dict:
+  """The block fields of config.model.text (absent in configs written before them: today's defaults)."""
+  get = lambda key, default: text.get(key, default)
+  use_bias = get("use_bias", True)
+  fields = dict(norm=get("norm", "layernorm"), mlp=get("mlp", "gelu"), posemb=get("posemb", "learned"),
+                rope_theta=float(get("rope_theta", 10_000.0)), num_kv_heads=get("num_kv_heads", 0),
+                cross_attention_gate=get("cross_attention_gate", False), attention_bias=use_bias,
+                mlp_bias=use_bias, logits_bias=use_bias)
+  for key, allowed in (("norm", layers.NORMS), ("mlp", layers.MLP_TYPES), ("posemb", text_module.POSEMB_TYPES)):
+    if fields[key] not in allowed:
+      raise UserError(f"config.model.text.{key}={fields[key]!r} is not one of {allowed}")
+  heads, kv_heads = text.num_heads, fields["num_kv_heads"]
+  if kv_heads < 0 or (kv_heads and heads % kv_heads):
+    raise UserError(f"config.model.text.num_kv_heads={kv_heads} must divide config.model.text.num_heads={heads}")
+  return fields
 
 
 def build_text(text: ml_collections.ConfigDict, vocab_size: int, max_len: int, dtype, remat: str = "",
-               **kwargs) -> TextTransformer:
+               scan: bool = True, **kwargs) -> TextTransformer:
   return TextTransformer(vocab_size=vocab_size, width=text.width, depth=text.depth,
-                         num_heads=text.num_heads, mlp_dim=text.mlp_dim, max_len=max_len, remat=remat,
-                         dtype=dtype, **kwargs)
+                         num_heads=text.num_heads, mlp_dim=text.mlp_dim, max_len=max_len, scan=scan,
+                         remat=remat, dtype=dtype, **{**text_fields(text), **kwargs})

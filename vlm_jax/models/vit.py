@@ -63,17 +63,19 @@ class MAPHead(nn.Module):
     probe = self.param("probe", layers.partitioned(nn.initializers.xavier_uniform(), (None, None, "embed")),
                        (1, 1, d))
     probe = jnp.tile(probe.astype(self.dtype), (b, 1, 1))
-    x = layers.MultiHeadAttention(self.num_heads, self.dtype, name="attention")(probe, context=x)
+    x, _ = layers.Attention(self.num_heads, cross=True, dtype=self.dtype, name="attention")(probe, context=x)
     y = layers.layer_norm("norm", self.dtype, self.layer_norm_eps)(x)
-    x = x + layers.MlpBlock(self.mlp_dim, self.activation, self.dtype, name="mlp")(y)
+    x = x + layers.MlpBlock(self.mlp_dim, self.activation, dtype=self.dtype, name="mlp")(y)
     return x[:, 0]
 
 
 class ViT(nn.Module):
   """Vision Transformer. Returns (output, out): output is float[B, D] pooled, or all tokens if pool="none".
 
-  out holds named intermediates: "patches", "stem" (patch embeddings before positions), "block_NN",
-  "encoded" (all tokens after the final LayerNorm), "pre_logits" (the pooled output).
+  out holds named intermediates: "patches", "stem" (patch embeddings before positions), "blocks"
+  float[depth, B, N, D] (the tokens after each block; one by one as "block_NN"), "encoded" (all tokens
+  after the final LayerNorm), "pre_logits" (the pooled output). scan=True runs the blocks as one nn.scan
+  (params stacked under encoder/blocks; see layers.Stack).
 
   posemb="learned_with_cls" (needs cls_token) is HF CLIP's table float[1 + N, D]: row 0 is the CLS
   position, added after the CLS token is prepended. With pool="cls" the final LayerNorm on the CLS row
@@ -90,6 +92,7 @@ class ViT(nn.Module):
   activation: str = "gelu"
   layer_norm_eps: float = 1e-6
   pre_norm: bool = False  # CLIP's `pre_layrnorm` on the embedded tokens before the blocks.
+  scan: bool = True
   remat: str = ""
   dtype: layers.Dtype = jnp.float32
 
@@ -132,9 +135,9 @@ class ViT(nn.Module):
 
     if self.pre_norm:
       x = layers.layer_norm("pre_norm", self.dtype, self.layer_norm_eps)(x)
-    x, blocks = layers.Transformer(
-        self.depth, self.num_heads, self.mlp_dim, activation=self.activation,
-        layer_norm_eps=self.layer_norm_eps, remat=self.remat, dtype=self.dtype, name="encoder")(x)
+    x, blocks, _ = layers.Stack(
+        self.depth, self.num_heads, self.mlp_dim, mlp=self.activation, norm_eps=self.layer_norm_eps,
+        scan=self.scan, remat=self.remat, dtype=self.dtype, name="encoder")(x)
     out.update(blocks)
     x = layers.layer_norm("encoder_norm", self.dtype, self.layer_norm_eps)(x)
     out["encoded"] = x

@@ -7,16 +7,25 @@ compute what transformers computes (get_image_features, get_text_features, logit
     model = from_hf("/path/to/clip", image_size=336)   # positions resampled to the 336 px patch grid
     model.encode_image(images)   # float32[B, H, W, 3], already normalised -> float32[B, D]
     to_hf(model, "/path/to/out")  # config.json + model.safetensors
+    llama = from_hf("/path/to/llama")
+    llama.generate(token_ids, max_new_tokens=16)  # greedy with the cache, as transformers' generate
+
+Blocks are loaded in the scanned layout (params stacked along axis 0) unless scan=False.
 """
 
 import dataclasses
 import functools
 from typing import Any, Optional
 
+import json
+import os
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax.core import meta
 
+from vlm_jax import decoding
 from vlm_jax.errors import UserError
 from vlm_jax.pretrained import checkpoint_io, hf_clip, hf_llama, hf_siglip, mapping
 
@@ -42,13 +51,16 @@ def _text_features(model, tokens):
 class Pretrained:
   """An imported model: `module` (flax), `params` ({"params": ...}), the HF `config` it came from.
 
-  image_size is the size the vision tower's position table fits (None for language models).
+  image_size is the size the vision tower's position table fits (None for language models);
+  generation: generation_config.json ({} when absent); scan: the blocks' param layout.
   """
   architecture: str
   module: Any
   params: dict
   config: dict
   image_size: Optional[int] = None
+  generation: dict = dataclasses.field(default_factory=dict)
+  scan: bool = True
 
   def _require_two_tower(self, what: str):
     if self.architecture == hf_llama.ARCHITECTURE:
@@ -81,6 +93,53 @@ class Pretrained:
       raise UserError(f"{self.architecture} is not a causal language model; it has no logits")
     return self._jitted["logits"](self.params, jnp.asarray(token_ids, jnp.int32))
 
+  def _special_ids(self) -> tuple:
+    """(eos, pad) as transformers' generate takes them: generation_config.json over config.json, pad = EOS
+    when the model has no pad token."""
+    eos = self.generation.get("eos_token_id", self.config.get("eos_token_id"))
+    if isinstance(eos, list):
+      if len(eos) != 1:
+        raise UserError(f"{self.architecture}: several eos_token_id {eos} are not supported by generate")
+      eos = eos[0]
+    eos = -1 if eos is None else int(eos)
+    pad = self.generation.get("pad_token_id", self.config.get("pad_token_id"))
+    return eos, eos if pad is None else int(pad)
+
+  @functools.cached_property
+  def _generators(self) -> dict:
+    return {}
+
+  def _generate_fn(self, max_new_tokens: int):
+    """The jitted greedy decoder for `max_new_tokens` (one compile per number of new tokens)."""
+    if max_new_tokens not in self._generators:
+      eos, pad = self._special_ids()
+      config = decoding.DecodeConfig(method="greedy", max_steps=max_new_tokens)
+      self._generators[max_new_tokens] = decoding.make_generate(self.module, config, eos_id=eos, pad_id=pad)
+    return self._generators[max_new_tokens]
+
+  def generate(self, token_ids, max_new_tokens: int) -> np.ndarray:
+    """Greedy continuation with the key/value cache, as transformers' `generate(do_sample=False)`.
+
+    token_ids int[B, T] prompts of one length (no padding) -> int32[B, T + n]: each row stops after its
+    EOS and is padded after it (pad_token_id, else EOS); n <= max_new_tokens, the longest row's length.
+    """
+    if self.architecture != hf_llama.ARCHITECTURE:
+      raise UserError(f"{self.architecture} is not a causal language model; it cannot generate")
+    tokens = np.asarray(token_ids, np.int32)
+    if tokens.ndim != 2 or max_new_tokens < 1:
+      raise UserError(f"generate takes token_ids int[B, T] and max_new_tokens >= 1, got shape {tokens.shape} "
+                      f"and {max_new_tokens}")
+    eos, pad = self._special_ids()
+    b, t = tokens.shape
+    buffer = np.full((b, t + max_new_tokens), pad, np.int32)
+    buffer[:, :t] = tokens
+    out, _ = self._generate_fn(max_new_tokens)(self.params["params"], None, jnp.asarray(buffer),
+                                               jnp.full((b,), t, jnp.int32), jax.random.key(0))
+    out = np.asarray(out)
+    new = out[:, t:]
+    lengths = [list(row).index(eos) + 1 if eos in row else max_new_tokens for row in new.tolist()]
+    return out[:, :t + max(lengths)]
+
 
 def _architecture(config: dict, directory: str) -> str:
   """The one supported architecture config.json names, or a UserError naming what it names."""
@@ -95,8 +154,18 @@ def _architecture(config: dict, directory: str) -> str:
                   f"from_hf reads {', '.join(CONVERTERS)}")
 
 
-def _links(converter, config: dict, image_size: Optional[int]) -> list:
-  return converter.links(config) if converter is hf_llama else converter.links(config, image_size)
+def _links(converter, config: dict, image_size: Optional[int], scan: bool) -> list:
+  if converter is hf_llama:
+    return converter.links(config, scan)
+  return converter.links(config, image_size, scan)
+
+
+def _generation_config(directory: str) -> dict:
+  path = os.path.join(directory, "generation_config.json")
+  if not os.path.isfile(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
 
 
 def _abstract_params(module, architecture: str, image_size: Optional[int]) -> dict:
@@ -110,7 +179,7 @@ def _abstract_params(module, architecture: str, image_size: Optional[int]) -> di
   return meta.unbox(variables)["params"]
 
 
-def from_hf(directory: str, image_size: Optional[int] = None) -> Pretrained:
+def from_hf(directory: str, image_size: Optional[int] = None, scan: bool = True) -> Pretrained:
   """Load a transformers checkpoint directory as a vlm_jax model (see the module docstring).
 
   image_size: load a vision tower at another image size than config.json's; its learned position table
@@ -127,18 +196,19 @@ def from_hf(directory: str, image_size: Optional[int] = None) -> Pretrained:
     image_size = image_size or vision["image_size"]
     if image_size % vision["patch_size"]:
       raise UserError(f"image_size {image_size} is not a multiple of the patch size {vision['patch_size']}")
-  module = converter.build(config)
+  module = converter.build(config, scan)
   abstract = _abstract_params(module, architecture, image_size)
   tensors = checkpoint_io.read_tensors(directory)
-  params = mapping.import_params(_links(converter, config, image_size), tensors, abstract, architecture)
+  params = mapping.import_params(_links(converter, config, image_size, scan), tensors, abstract, architecture)
   params = jax.tree.map(jnp.asarray, params)
-  return Pretrained(architecture, module, {"params": params}, config, image_size)
+  return Pretrained(architecture, module, {"params": params}, config, image_size, _generation_config(directory),
+                    scan)
 
 
 def to_hf(pretrained: Pretrained, directory: str) -> None:
   """Write `pretrained` as config.json + model.safetensors (float32) that from_hf and transformers read."""
   converter = CONVERTERS[pretrained.architecture]
-  tensors = mapping.export_params(_links(converter, pretrained.config, pretrained.image_size),
+  tensors = mapping.export_params(_links(converter, pretrained.config, pretrained.image_size, pretrained.scan),
                                   pretrained.params["params"], pretrained.architecture)
   config = converter.export_config(pretrained.config, pretrained.image_size)
   checkpoint_io.write_checkpoint(directory, config, tensors)

@@ -51,7 +51,7 @@ def check_square(vision: dict, architecture: str) -> None:
     raise UserError(f"{architecture}: num_channels={vision['num_channels']} is not supported (RGB only)")
 
 
-def build(config: dict) -> TwoTower:
+def build(config: dict, scan: bool = True) -> TwoTower:
   """The vlm_jax TwoTower computing what this CLIPModel config computes (at any image size)."""
   vision = sub_config(config, "vision_config", VISION_DEFAULTS)
   text = sub_config(config, "text_config", TEXT_DEFAULTS)
@@ -63,19 +63,19 @@ def build(config: dict) -> TwoTower:
             num_heads=vision["num_attention_heads"], mlp_dim=vision["intermediate_size"],
             posemb="learned_with_cls", cls_token=True, pool="cls",
             activation=activation(vision["hidden_act"], ARCHITECTURE),
-            layer_norm_eps=vision["layer_norm_eps"], pre_norm=True)
+            layer_norm_eps=vision["layer_norm_eps"], pre_norm=True, scan=scan)
   tower = TextTransformer(
       vocab_size=text["vocab_size"], width=text["hidden_size"], depth=text["num_hidden_layers"],
       num_heads=text["num_attention_heads"], mlp_dim=text["intermediate_size"],
       max_len=text["max_position_embeddings"], pad_id=text["pad_token_id"] or 0,
       pool_eos_id=eos, pool_at="max_id" if eos == LEGACY_EOS_ID else "eos",
-      activation=activation(text["hidden_act"], ARCHITECTURE), layer_norm_eps=text["layer_norm_eps"])
+      mlp=activation(text["hidden_act"], ARCHITECTURE), norm_eps=text["layer_norm_eps"], scan=scan)
   return TwoTower(vision=vit, text=tower, embed_dim=config.get("projection_dim", 512),
                   scale_init=config.get("logit_scale_init_value", 2.6592))
 
 
-def links(config: dict, image_size: int) -> list:
-  """Every parameter of `build(config, image_size)` and its HF tensor."""
+def links(config: dict, image_size: int, scan: bool = True) -> list:
+  """Every parameter of `build(config, scan)` at `image_size` and its HF tensor."""
   vision = sub_config(config, "vision_config", VISION_DEFAULTS)
   text = sub_config(config, "text_config", TEXT_DEFAULTS)
   patch = vision["patch_size"]
@@ -91,14 +91,14 @@ def links(config: dict, image_size: int) -> list:
   ]
   out += mapping.layer_norm(f"{v}.pre_layrnorm", ("vision", "pre_norm"))
   out += mapping.encoder_layers(f"{v}.encoder.layers", ("vision", "encoder"), vision["num_hidden_layers"],
-                                vision["num_attention_heads"])
+                                vision["num_attention_heads"], scan)
   out += mapping.layer_norm(f"{v}.post_layernorm", ("vision", "encoder_norm"))
   out += mapping.linear("visual_projection", ("image_projection",), bias=False)
 
   out += [Link(f"{t}.embeddings.token_embedding.weight", ("text", "token_embedding", "embedding")),
           Link(f"{t}.embeddings.position_embedding.weight", ("text", "pos_embedding"))]
   out += mapping.encoder_layers(f"{t}.encoder.layers", ("text", "transformer"), text["num_hidden_layers"],
-                                text["num_attention_heads"])
+                                text["num_attention_heads"], scan)
   out += mapping.layer_norm(f"{t}.final_layer_norm", ("text", "final_norm"))
   out += mapping.linear("text_projection", ("text_projection",), bias=False)
   out += [Link("logit_scale", ("head", "logit_scale"), lambda s: s.reshape(()), lambda s: s.reshape(())),

@@ -1,12 +1,15 @@
-"""HF `LlamaForCausalLM` <-> vlm_jax.models.llama.Llama.
+"""HF `LlamaForCausalLM` <-> vlm_jax TextTransformer configured as a Llama (the one text decoder).
 
+A Llama here is TextTransformer(posemb="rope", norm="rmsnorm", mlp="swiglu", num_kv_heads, no biases
+unless the config has them, untied logits unless tie_word_embeddings): the decoder a PrefixLM or a
+CausalLM uses, decoded with the key/value cache like any other (Pretrained.generate).
 Supported: the default rotary embedding (any rope_theta), grouped-query attention, optional attention and
-MLP biases, tied or separate output embedding, SiLU SwiGLU. Rotary scaling variants (llama3, linear,
-dynamic, yarn, ...) are refused with a UserError rather than silently computed wrong.
+MLP biases, tied or separate output embedding, SiLU SwiGLU. Rotary scaling variants
+(llama3, linear, dynamic, yarn, ...) are refused with a UserError rather than silently computed wrong.
 """
 
 from vlm_jax.errors import UserError
-from vlm_jax.models.llama import Llama
+from vlm_jax.models.text import TextTransformer
 from vlm_jax.pretrained import mapping
 from vlm_jax.pretrained.mapping import Link
 
@@ -14,7 +17,7 @@ ARCHITECTURE = "LlamaForCausalLM"
 DEFAULTS = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                 num_attention_heads=32, num_key_value_heads=None, hidden_act="silu", rms_norm_eps=1e-6,
                 tie_word_embeddings=False, attention_bias=False, mlp_bias=False, head_dim=None,
-                rope_parameters=None, rope_theta=None, rope_scaling=None)
+                rope_parameters=None, rope_theta=None, rope_scaling=None, max_position_embeddings=2048)
 
 
 def _config(config: dict) -> dict:
@@ -34,32 +37,37 @@ def _config(config: dict) -> dict:
   return c
 
 
-def build(config: dict) -> Llama:
-  """The vlm_jax Llama computing what this LlamaForCausalLM config computes."""
+def build(config: dict, scan: bool = True) -> TextTransformer:
+  """The vlm_jax decoder computing what this LlamaForCausalLM config computes."""
   c = _config(config)
-  return Llama(vocab_size=c["vocab_size"], width=c["hidden_size"], depth=c["num_hidden_layers"],
-               num_heads=c["num_attention_heads"], num_kv_heads=c["num_key_value_heads"],
-               head_dim=c["head_dim"], mlp_dim=c["intermediate_size"], rope_theta=c["rope_theta"],
-               norm_eps=c["rms_norm_eps"], attention_bias=c["attention_bias"], mlp_bias=c["mlp_bias"],
-               tied_embedding=c["tie_word_embeddings"])
+  return TextTransformer(
+      vocab_size=c["vocab_size"], width=c["hidden_size"], depth=c["num_hidden_layers"],
+      num_heads=c["num_attention_heads"], num_kv_heads=c["num_key_value_heads"], head_dim=c["head_dim"],
+      mlp_dim=c["intermediate_size"], max_len=c["max_position_embeddings"], compute_logits=True,
+      tied_embedding=c["tie_word_embeddings"], norm="rmsnorm", mlp="swiglu", norm_eps=c["rms_norm_eps"],
+      posemb="rope", rope_theta=c["rope_theta"], attention_bias=c["attention_bias"], mlp_bias=c["mlp_bias"],
+      logits_bias=False, scan=scan)
 
 
-def links(config: dict) -> list:
-  """Every parameter of `build(config)` and its HF tensor."""
+def links(config: dict, scan: bool = True) -> list:
+  """Every parameter of `build(config, scan)` and its HF tensor."""
   c = _config(config)
   heads, kv_heads, bias = c["num_attention_heads"], c["num_key_value_heads"], c["attention_bias"]
-  out = [Link("model.embed_tokens.weight", ("token_embedding", "embedding"))]
-  for i in range(c["num_hidden_layers"]):
-    src, dst = f"model.layers.{i}", (f"block_{i:02d}",)
-    attention = dst + ("attention",)
-    out += [Link(f"{src}.input_layernorm.weight", dst + ("norm_attention", "scale"))]
-    out += mapping.heads_in(f"{src}.self_attn.q_proj", attention, "query", heads, bias=bias)
-    out += mapping.heads_in(f"{src}.self_attn.k_proj", attention, "key", kv_heads, bias=bias)
-    out += mapping.heads_in(f"{src}.self_attn.v_proj", attention, "value", kv_heads, bias=bias)
-    out += mapping.heads_out(f"{src}.self_attn.o_proj", attention, heads, bias=bias)
-    out += [Link(f"{src}.post_attention_layernorm.weight", dst + ("norm_mlp", "scale"))]
+
+  def block(src, dst):
+    attention = dst + ("self_attention",)
+    links = [Link(f"{src}.input_layernorm.weight", dst + ("norm_self_attention", "scale"))]
+    links += mapping.heads_in(f"{src}.self_attn.q_proj", attention, "query", heads, bias=bias)
+    links += mapping.heads_in(f"{src}.self_attn.k_proj", attention, "key", kv_heads, bias=bias)
+    links += mapping.heads_in(f"{src}.self_attn.v_proj", attention, "value", kv_heads, bias=bias)
+    links += mapping.heads_out(f"{src}.self_attn.o_proj", attention, heads, bias=bias)
+    links += [Link(f"{src}.post_attention_layernorm.weight", dst + ("norm_mlp", "scale"))]
     for name in ("gate", "up", "down"):
-      out += _linear(f"{src}.mlp.{name}_proj", dst + ("mlp", name), c["mlp_bias"])
+      links += _linear(f"{src}.mlp.{name}_proj", dst + ("mlp", name), c["mlp_bias"])
+    return links
+
+  out = [Link("model.embed_tokens.weight", ("token_embedding", "embedding"))]
+  out += mapping.block_layers("model.layers", ("transformer",), c["num_hidden_layers"], scan, block)
   out += [Link("model.norm.weight", ("final_norm", "scale"))]
   if not c["tie_word_embeddings"]:
     out += _linear("lm_head", ("logits",), bias=False)

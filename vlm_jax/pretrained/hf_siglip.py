@@ -42,24 +42,25 @@ def _configs(config: dict) -> tuple:
   return vision, text
 
 
-def build(config: dict) -> TwoTower:
+def build(config: dict, scan: bool = True) -> TwoTower:
   """The vlm_jax TwoTower computing what this SiglipModel config computes (at any image size)."""
   vision, text = _configs(config)
   vit = ViT(patch_size=vision["patch_size"], width=vision["hidden_size"], depth=vision["num_hidden_layers"],
             num_heads=vision["num_attention_heads"], mlp_dim=vision["intermediate_size"],
             posemb="learned", cls_token=False, pool="map",
-            activation=activation(vision["hidden_act"], ARCHITECTURE), layer_norm_eps=vision["layer_norm_eps"])
+            activation=activation(vision["hidden_act"], ARCHITECTURE), layer_norm_eps=vision["layer_norm_eps"],
+            scan=scan)
   tower = TextTransformer(
       vocab_size=text["vocab_size"], width=text["hidden_size"], depth=text["num_hidden_layers"],
       num_heads=text["num_attention_heads"], mlp_dim=text["intermediate_size"],
       max_len=text["max_position_embeddings"], pad_id=text["pad_token_id"] or 0, pool_at="last", causal=False,
-      activation=activation(text["hidden_act"], ARCHITECTURE), layer_norm_eps=text["layer_norm_eps"])
+      mlp=activation(text["hidden_act"], ARCHITECTURE), norm_eps=text["layer_norm_eps"], scan=scan)
   return TwoTower(vision=vit, text=tower, embed_dim=text["projection_size"],
                   scale_init=float(np.log(10.0)), bias_init=-10.0)
 
 
-def links(config: dict, image_size: int) -> list:
-  """Every parameter of `build(config)` at `image_size` and its HF tensor."""
+def links(config: dict, image_size: int, scan: bool = True) -> list:
+  """Every parameter of `build(config, scan)` at `image_size` and its HF tensor."""
   vision, text = _configs(config)
   patch, heads = vision["patch_size"], vision["num_attention_heads"]
   grid_in, grid_out = vision["image_size"] // patch, image_size // patch
@@ -67,7 +68,8 @@ def links(config: dict, image_size: int) -> list:
   out = mapping.patch_conv(f"{v}.embeddings.patch_embedding", ("vision", "embedding"), patch, bias=True)
   out += [Link(f"{v}.embeddings.position_embedding.weight", ("vision", "pos_embedding"),
                lambda p: resample_posemb(p, grid_in, grid_out, num_prefix=0))]
-  out += mapping.encoder_layers(f"{v}.encoder.layers", ("vision", "encoder"), vision["num_hidden_layers"], heads)
+  out += mapping.encoder_layers(f"{v}.encoder.layers", ("vision", "encoder"), vision["num_hidden_layers"], heads,
+                                scan)
   out += mapping.layer_norm(f"{v}.post_layernorm", ("vision", "encoder_norm"))
   out += [Link(f"{v}.head.probe", ("vision", "map_head", "probe"))]
   out += mapping.fused_attention(f"{v}.head.attention", ("vision", "map_head", "attention"), heads)
@@ -81,7 +83,7 @@ def links(config: dict, image_size: int) -> list:
   out += [Link(f"{t}.embeddings.token_embedding.weight", ("text", "token_embedding", "embedding")),
           Link(f"{t}.embeddings.position_embedding.weight", ("text", "pos_embedding"))]
   out += mapping.encoder_layers(f"{t}.encoder.layers", ("text", "transformer"), text["num_hidden_layers"],
-                                text["num_attention_heads"])
+                                text["num_attention_heads"], scan)
   out += mapping.layer_norm(f"{t}.final_layer_norm", ("text", "final_norm"))
   out += mapping.linear(f"{t}.head", ("text_projection",))
   out += [Link("logit_scale", ("head", "logit_scale"), lambda s: s.reshape(()), lambda s: s.reshape(1)),

@@ -3,7 +3,8 @@
 An architecture describes its weights once, as a list of `Link`s; the same list drives import
 (HF tensors -> flax params) and export (flax params -> HF tensors), so the two directions cannot drift.
 Layout conventions: a torch Linear weight is [out, in], a flax Dense kernel [in, out]; vlm_jax attention
-kernels are [D, heads, head_dim] (query/key/value) and [heads, head_dim, D] (out).
+kernels are [D, heads, head_dim] (query/key/value) and [heads, head_dim, D] (out). Scanned blocks hold
+every layer's parameter in one array, layers on axis 0 (`Link.layers`).
 """
 
 import dataclasses
@@ -28,6 +29,8 @@ class Link:
   and export checks the parameter still has it, since HF could not represent anything else).
   part: (i, n) when the HF tensor is n equal chunks along axis 0 and this parameter is chunk i
   (torch's fused in_proj_weight of nn.MultiheadAttention).
+  layers: n > 0 when the parameter is n layers' tensors stacked along axis 0 (scanned blocks, see
+  layers.Stack); `hf` is then a pattern with "{i}" for the layer, and the conversions act on one layer.
   """
   hf: Optional[str]
   path: tuple
@@ -35,6 +38,18 @@ class Link:
   to_hf: Callable = _identity
   part: Optional[tuple] = None
   fixed: Optional[Callable] = None
+  layers: int = 0
+
+
+def block_layers(hf: str, path: tuple, depth: int, scan: bool, block_links: Callable) -> list:
+  """The links of `depth` blocks, HF `{hf}.{i}` <-> vlm_jax layers.Stack at `path`.
+
+  block_links(hf_block, flax_block) gives one block's links. scan=True: one stacked link per parameter,
+  path + ("blocks", ...); scan=False: per block, path + ("block_II", ...).
+  """
+  if scan:
+    return [dataclasses.replace(link, layers=depth) for link in block_links(f"{hf}.{{i}}", path + ("blocks",))]
+  return [link for i in range(depth) for link in block_links(f"{hf}.{i}", path + (f"block_{i:02d}",))]
 
 
 def linear(hf: str, path: tuple, bias: bool = True) -> list:
@@ -72,7 +87,7 @@ def heads_out(hf: str, path: tuple, heads: int, bias: bool = True) -> list:
 
 
 def separate_attention(hf: str, path: tuple, heads: int) -> list:
-  """CLIP/SigLIP attention (q_proj, k_proj, v_proj, out_proj, with biases) <-> layers.MultiHeadAttention."""
+  """CLIP/SigLIP attention (q_proj, k_proj, v_proj, out_proj, with biases) <-> layers.Attention."""
   links = []
   for torch_name, name in (("q_proj", "query"), ("k_proj", "key"), ("v_proj", "value")):
     links += heads_in(f"{hf}.{torch_name}", path, name, heads)
@@ -80,24 +95,22 @@ def separate_attention(hf: str, path: tuple, heads: int) -> list:
 
 
 def fused_attention(hf: str, path: tuple, heads: int) -> list:
-  """torch nn.MultiheadAttention (in_proj_weight [3D, D] = q;k;v) <-> layers.MultiHeadAttention."""
+  """torch nn.MultiheadAttention (in_proj_weight [3D, D] = q;k;v) <-> layers.Attention."""
   links = []
   for i, name in enumerate(("query", "key", "value")):
     links += heads_in(f"{hf}.in_proj", path, name, heads, part=(i, 3))
   return links + heads_out(f"{hf}.out_proj", path, heads)
 
 
-def encoder_layers(hf: str, path: tuple, depth: int, heads: int) -> list:
-  """CLIP/SigLIP `encoder.layers.{i}` <-> layers.Transformer `block_{i:02d}` (pre-LN, same math)."""
-  links = []
-  for i in range(depth):
-    src, dst = f"{hf}.{i}", path + (f"block_{i:02d}",)
-    links += layer_norm(f"{src}.layer_norm1", dst + ("norm_self_attention",))
+def encoder_layers(hf: str, path: tuple, depth: int, heads: int, scan: bool = True) -> list:
+  """CLIP/SigLIP `encoder.layers.{i}` <-> layers.Stack blocks (pre-LN, same math); see block_layers."""
+  def block(src, dst):
+    links = layer_norm(f"{src}.layer_norm1", dst + ("norm_self_attention",))
     links += separate_attention(f"{src}.self_attn", dst + ("self_attention",), heads)
     links += layer_norm(f"{src}.layer_norm2", dst + ("norm_mlp",))
     links += linear(f"{src}.mlp.fc1", dst + ("mlp", "fc1"))
-    links += linear(f"{src}.mlp.fc2", dst + ("mlp", "fc2"))
-  return links
+    return links + linear(f"{src}.mlp.fc2", dst + ("mlp", "fc2"))
+  return block_layers(hf, path, depth, scan, block)
 
 
 def patch_conv(hf: str, path: tuple, patch: int, bias: bool) -> list:
@@ -148,6 +161,12 @@ def import_params(links: list, tensors: dict, abstract_params: dict, architectur
     if link.hf is None:
       flat[link.path] = np.asarray(link.fixed(shape), np.float32)
       continue
+    if link.layers:
+      values = [source.get(link.hf.format(i=i)) for i in range(link.layers)]
+      if all(v is not None for v in values):
+        flat[link.path] = np.stack([_convert(dataclasses.replace(link, hf=link.hf.format(i=i)), v, shape[1:],
+                                             architecture) for i, v in enumerate(values)])
+      continue
     value = source.get(link.hf)
     if value is not None:
       flat[link.path] = _convert(link, value, shape, architecture)
@@ -169,11 +188,13 @@ def export_params(links: list, params: dict, architecture: str) -> dict:
         raise UserError(f"{architecture}: parameter {'/'.join(link.path)} differs from the fixed value the "
                         "HF architecture assumes (it has no such tensor), so it cannot be exported")
       continue
-    converted = np.asarray(link.to_hf(value), np.float32)
-    if link.part is None:
-      tensors[link.hf] = converted
-    else:
-      parts.setdefault(link.hf, {})[link.part[0]] = converted
+    per_layer = [(link.hf.format(i=i), value[i]) for i in range(link.layers)] if link.layers else [(link.hf, value)]
+    for name, layer_value in per_layer:
+      converted = np.asarray(link.to_hf(layer_value), np.float32)
+      if link.part is None:
+        tensors[name] = converted
+      else:
+        parts.setdefault(name, {})[link.part[0]] = converted
   for name, chunks in parts.items():
     tensors[name] = np.concatenate([chunks[i] for i in sorted(chunks)], axis=0)
   return tensors
