@@ -15,6 +15,7 @@ from vlm_jax.models.prefix_lm import PrefixLM
 from vlm_jax.models.projector import Projector
 from vlm_jax.models.text import TextTransformer
 from vlm_jax.models.vit import ViT
+from tolerances import LOG_LIKELIHOOD_ATOL  # tests/ is on sys.path under pytest
 
 VOCAB, PAD, BOS, EOS, LENGTH = 16, 0, 1, 2, 12
 START = np.array([1, 4, 2, 6], np.int32)  # several prompt lengths in one batch
@@ -127,7 +128,7 @@ def test_greedy_score_is_the_reference_log_likelihood_of_its_tokens(name):
   got, scores = _generate(name, eos_id=-1)
   logp = np.asarray(jax.nn.log_softmax(_logits_fn(name)(jnp.asarray(got)), axis=-1))
   expected = [sum(logp[b, t - 1, got[b, t]] for t in range(s, LENGTH)) for b, s in enumerate(START)]
-  np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(scores, expected, rtol=0, atol=LOG_LIKELIHOOD_ATOL)
 
 
 @pytest.mark.parametrize("name", ["prefix_lm"])
@@ -156,7 +157,7 @@ def test_beam_search_score_is_the_log_likelihood_of_the_returned_hypothesis():
   got, scores = _generate("prefix_lm", eos_id=-1, method="beam", num_beams=3, length_penalty=0.0)
   logp = np.asarray(jax.nn.log_softmax(_logits_fn("prefix_lm")(jnp.asarray(got)), axis=-1))
   expected = [sum(logp[b, t - 1, got[b, t]] for t in range(s, LENGTH)) for b, s in enumerate(START)]
-  np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(scores, expected, rtol=0, atol=LOG_LIKELIHOOD_ATOL)
 
 
 def test_beam_search_with_a_beam_per_token_is_exhaustive_over_two_steps():
@@ -176,7 +177,7 @@ def test_beam_search_with_a_beam_per_token_is_exhaustive_over_two_steps():
   second_logp = logp[rows[:, None], np.arange(VOCAB)[None], START[:, None]]  # [B, V, V]
   total = first_logp[:, :, None] + second_logp
   best = total.reshape(b, -1).max(-1)
-  np.testing.assert_allclose(scores, best, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(scores, best, rtol=0, atol=LOG_LIKELIHOOD_ATOL)
   v1, v2 = np.unravel_index(total.reshape(b, -1).argmax(-1), (VOCAB, VOCAB))
   np.testing.assert_array_equal(got[rows, START], v1)
   np.testing.assert_array_equal(got[rows, START + 1], v2)

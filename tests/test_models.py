@@ -14,6 +14,7 @@ from vlm_jax.models.projector import Projector
 from vlm_jax.models.text import TextTransformer
 from vlm_jax.models.two_tower import TwoTower
 from vlm_jax.models.vit import ViT, patchify, posemb_sincos_2d
+from tolerances import INVARIANCE_ATOL, SAME_MATH_ATOL  # tests/ is on sys.path under pytest
 
 VOCAB, EOS, PAD = 50, 2, 0
 
@@ -95,7 +96,7 @@ def test_causal_text_changing_a_future_token_never_changes_earlier_logits():
   params = model.init(jax.random.key(0), tokens)
   logits, _ = model.apply(params, tokens)
   changed, _ = model.apply(params, tokens.at[0, 4].set(30))
-  np.testing.assert_allclose(logits[0, :4], changed[0, :4], atol=1e-6)
+  np.testing.assert_allclose(logits[0, :4], changed[0, :4], atol=INVARIANCE_ATOL)
   assert float(jnp.max(jnp.abs(logits[0, 4:] - changed[0, 4:]))) > 1e-4
 
 
@@ -106,8 +107,8 @@ def test_eos_pooling_ignores_what_follows_eos():
   _, out = model.apply(params, tokens)
   _, out_changed = model.apply(params, tokens.at[:, 4].set(9))
   chex.assert_shape(out["pooled"], (2, 16))
-  np.testing.assert_allclose(out["pooled"], out_changed["pooled"], atol=1e-6)
-  np.testing.assert_allclose(out["pooled"][1], out["hidden"][1, 2], atol=1e-6)
+  np.testing.assert_allclose(out["pooled"], out_changed["pooled"], atol=INVARIANCE_ATOL)
+  np.testing.assert_allclose(out["pooled"][1], out["hidden"][1, 2], atol=INVARIANCE_ATOL)
 
 
 def test_cls_token_appended_at_the_end_sees_the_whole_text_but_not_padding():
@@ -120,7 +121,7 @@ def test_cls_token_appended_at_the_end_sees_the_whole_text_but_not_padding():
   # Padding is masked out of the CLS row: a different pad id in a padded slot changes nothing there.
   padded = jnp.array([[1, 5, 6, 7, 2, 0, 0]])
   _, out_pad = model.apply(params, padded.at[0, 6].set(0))
-  np.testing.assert_allclose(out["pooled"], out_pad["pooled"], atol=1e-6)
+  np.testing.assert_allclose(out["pooled"], out_pad["pooled"], atol=INVARIANCE_ATOL)
 
 
 def test_prefix_lm_mask_is_full_over_the_prefix_and_causal_after():
@@ -150,7 +151,7 @@ def test_prefix_lm_prompt_is_bidirectional_and_answer_is_causal():
   assert float(jnp.max(jnp.abs(logits[0, 1] - in_prompt[0, 1]))) > 1e-4
   # ... but an answer token never changes anything before it.
   in_answer = apply(tokens.at[0, 5].set(20))
-  np.testing.assert_allclose(logits[0, :5], in_answer[0, :5], atol=1e-6)
+  np.testing.assert_allclose(logits[0, :5], in_answer[0, :5], atol=INVARIANCE_ATOL)
 
 
 def test_decoders_read_the_image():
@@ -218,10 +219,10 @@ def test_scan_and_loop_compute_the_same_function_on_restacked_params(config):
   assert jax.tree.structure(restacked) == jax.tree.structure(nn.meta.unbox(scanned_params))
   y_loop, out_loop, _ = loop.apply({"params": loop_params}, x, mask, context)
   y_scan, out_scan, _ = scanned.apply({"params": restacked}, x, mask, context)
-  np.testing.assert_allclose(y_scan, y_loop, atol=1e-5)
-  np.testing.assert_allclose(out_scan["blocks"], out_loop["blocks"], atol=1e-5)
+  np.testing.assert_allclose(y_scan, y_loop, atol=SAME_MATH_ATOL)
+  np.testing.assert_allclose(out_scan["blocks"], out_loop["blocks"], atol=SAME_MATH_ATOL)
   assert out_scan["blocks"].shape == (loop.depth, 2, 6, 8)
-  np.testing.assert_allclose(out_scan["block_01"], out_loop["block_01"], atol=1e-5)
+  np.testing.assert_allclose(out_scan["block_01"], out_loop["block_01"], atol=SAME_MATH_ATOL)
 
 
 @pytest.mark.parametrize("scan", [False, True])
@@ -235,7 +236,7 @@ def test_gated_cross_attention_leaves_the_decoder_unchanged_at_init(scan):
   strip = lambda tree: {k: strip(v) for k, v in tree.items() if "cross" not in k} if isinstance(tree, dict) else tree
   logits, _ = gated.apply({"params": params}, tokens, image_tokens=images)
   expected, _ = plain.apply({"params": strip(params)}, tokens)
-  np.testing.assert_allclose(logits, expected, atol=1e-6)
+  np.testing.assert_allclose(logits, expected, atol=INVARIANCE_ATOL)
   opened = jax.tree_util.tree_map_with_path(
       lambda path, a: a + 1.0 if path[-1].key == "cross_attention_gate" else a, params)
   changed, _ = gated.apply({"params": opened}, tokens, image_tokens=images)
@@ -258,8 +259,8 @@ def test_vision_layer_reads_the_stacked_blocks_of_a_scanned_vit():
       tokens["loop_params"] = params
     _, out = model.apply({"params": params}, images, method=lambda m, x: m.vision(x))
     tokens[scan] = model.apply({"params": params}, images, method="image_tokens")
-    np.testing.assert_allclose(out["blocks"][-1], out["block_01"], atol=1e-6)
-  np.testing.assert_allclose(tokens[True], tokens[False], atol=1e-5)
+    np.testing.assert_allclose(out["blocks"][-1], out["block_01"], atol=INVARIANCE_ATOL)
+  np.testing.assert_allclose(tokens[True], tokens[False], atol=SAME_MATH_ATOL)
 
 
 def test_attention_weights_are_sown_for_probing():
@@ -274,7 +275,7 @@ def test_attention_weights_are_sown_for_probing():
     else:
       (weights,) = state["intermediates"]["encoder"]["block_00"]["self_attention"]["attention_weights"]
       chex.assert_shape(weights, (1, 2, 16, 16))
-    np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(weights.sum(-1), 1.0, atol=SAME_MATH_ATOL)
 
 
 def test_grouped_query_attention_equals_multi_head_with_repeated_key_value_heads():
@@ -286,7 +287,7 @@ def test_grouped_query_attention_equals_multi_head_with_repeated_key_value_heads
   repeated = {**params, **{f"{n}_{p}": jnp.repeat(params[f"{n}_{p}"], 2, axis=-2 if p == "kernel" else 0)
                            for n in ("key", "value") for p in ("kernel", "bias")}}
   np.testing.assert_allclose(gqa.apply({"params": params}, x, mask=layers.causal_mask(5))[0],
-                             mha.apply({"params": repeated}, x, mask=layers.causal_mask(5))[0], atol=1e-5)
+                             mha.apply({"params": repeated}, x, mask=layers.causal_mask(5))[0], atol=SAME_MATH_ATOL)
 
 
 def test_rotary_attention_logits_depend_only_on_relative_position():
@@ -296,7 +297,7 @@ def test_rotary_attention_logits_depend_only_on_relative_position():
   params = attention.init(jax.random.key(0), x)
   y, _ = attention.apply(params, x, positions=jnp.arange(5)[None])
   shifted, _ = attention.apply(params, x, positions=jnp.arange(5)[None] + 7)
-  np.testing.assert_allclose(y, shifted, atol=1e-5)
+  np.testing.assert_allclose(y, shifted, atol=SAME_MATH_ATOL)
   moved, _ = attention.apply(params, x, positions=jnp.array([[0, 2, 4, 6, 8]]))
   assert float(jnp.max(jnp.abs(moved - y))) > 1e-4
 
@@ -325,5 +326,5 @@ def test_prefill_then_decode_steps_equal_the_full_forward_pass(config):
   rows = jnp.arange(2)
   for i in range(2):  # the tokens at start, start + 1, fed one at a time
     step, cache = model.apply(params, cache, tokens[rows, start + i], start + i, method="decode_step")
-    np.testing.assert_allclose(step, full[rows, start + i], atol=1e-5)
-  np.testing.assert_allclose(logits[rows, start - 1], full[rows, start - 1], atol=1e-5)
+    np.testing.assert_allclose(step, full[rows, start + i], atol=SAME_MATH_ATOL)
+  np.testing.assert_allclose(logits[rows, start - 1], full[rows, start - 1], atol=SAME_MATH_ATOL)

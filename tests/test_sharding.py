@@ -51,7 +51,8 @@ def as_float64(tree):
 
 
 def sharded_run(config, steps=2):
-  """Initial params, and per step (loss, grads) through the real sharded train step machinery."""
+  """Initial params, and per step (loss, grads) through the real sharded train step machinery (the train
+  step itself is compiled only when a later step needs its update: steps > 1)."""
   model = build_model(config.model, vocab_size=VOCAB, max_len=config.data.max_text_len, eos_id=2, pad_id=0)
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.logical_rules(config)
@@ -63,14 +64,15 @@ def sharded_run(config, steps=2):
   params0 = jax.device_get(state.params)
   grads_fn = jax.jit(trainer.make_loss_and_grads(model, config, 0),
                      in_shardings=(shardings.params, sharding.batch_sharding(mesh)))
-  step_fn = trainer.make_train_step(model, config, 0, shardings, mesh)
+  step_fn = trainer.make_train_step(model, config, 0, shardings, mesh) if steps > 1 else None
   results = []
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     for i in range(steps):
       batch = sharding.global_batch(random_batch(config, i), mesh)
       grads, metrics = grads_fn(state.params, batch)
       results.append((float(metrics["loss"]), jax.device_get(grads)))
-      state, _ = step_fn(state, batch)
+      if i + 1 < steps:
+        state, _ = step_fn(state, batch)
   return params0, results, state
 
 
@@ -108,7 +110,11 @@ def assert_same_gradients(grads, reference):
                grads, reference)
 
 
-@pytest.mark.parametrize("mesh", [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 4, 2)])
+# Data parallel alone; data x fsdp x tensor (also through one sharded update: 2 steps); fsdp x tensor.
+MESH_STEPS = {(8, 1, 1): 1, (2, 2, 2): 2, (1, 4, 2): 1}
+
+
+@pytest.mark.parametrize("mesh", list(MESH_STEPS))
 def test_sharded_losses_and_gradients_equal_the_single_device_run(mesh):
   """Same math on any mesh: compared in float64, where reordered sums differ far below any real bug
   (a missing all-reduce or a wrong mask changes gradients at O(1)). In float32, 8-way sums in another
@@ -117,11 +123,12 @@ def test_sharded_losses_and_gradients_equal_the_single_device_run(mesh):
   with jax.enable_x64(True):
     config = tiny_config(**dict(zip(("data", "fsdp", "tensor"), mesh)))
     config.model.dtype = "float64"
-    params0, sharded, _ = sharded_run(config)
+    params0, sharded, _ = sharded_run(config, steps=MESH_STEPS[mesh])
     # One single-device reference for every mesh, from the first mesh's initial parameters: the initial
     # parameters do not depend on the mesh (same seed), so another mesh's differing ones fail here too.
     if "coca" not in _REFERENCE:
-      _REFERENCE["coca"] = single_device_run(config, jax.device_put(params0, jax.devices()[0]))
+      _REFERENCE["coca"] = single_device_run(config, jax.device_put(params0, jax.devices()[0]),
+                                             steps=max(MESH_STEPS.values()))
     reference = _REFERENCE["coca"]
   for (loss, grads), (ref_loss, ref_grads) in zip(sharded, reference):
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)  # a float64 scalar: sums of < 2**14 terms
