@@ -22,6 +22,9 @@ def pytest_configure(config):
   directory = os.path.join(tempfile.gettempdir(), f"vlm_jax_test_compilation_{worker}")
   os.environ["VLM_JAX_COMPILATION_CACHE"] = directory
   compilation_cache.enable(directory)
+  # Tests build the same small programs again and again (tiny runs, evaluators): keep every one of them.
+  import jax
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 @pytest.fixture(scope="session")
