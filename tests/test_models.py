@@ -84,7 +84,7 @@ def test_every_parameter_has_logical_axis_names():
   model = CoCa(vision=small_vit(pool="map"), unimodal=small_text(append_cls=True),
                multimodal=MultimodalDecoder(VOCAB, depth=1, num_heads=2, mlp_dim=32), embed_dim=8)
   batch = {"image": random_images(0), "text": jnp.ones((2, 6), jnp.int32), "caption": jnp.ones((2, 6), jnp.int32)}
-  params = model.init(jax.random.key(0), batch)["params"]
+  params = jax.eval_shape(model.init, jax.random.key(0), batch)["params"]  # shapes and names, no compute
   leaves = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
   assert leaves and all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)
   assert all(len(x.names) == x.value.ndim for x in leaves)
@@ -142,9 +142,9 @@ def test_prefix_lm_prompt_is_bidirectional_and_answer_is_causal():
   images = random_images(0, n=1)
   tokens = jnp.array([[1, 5, 6, 7, 8, 9, 2, 0]])
   prefix_len = jnp.array([4])  # BOS + 3 prompt tokens
-  params = model.init(jax.random.key(0), {"image": images, "text": tokens, "prefix_len": prefix_len})
-  apply = lambda t: model.apply(params, model.apply(params, images, method="image_tokens"), t, prefix_len,
-                                method="caption_logits")
+  params = jax.jit(model.init)(jax.random.key(0), {"image": images, "text": tokens, "prefix_len": prefix_len})
+  apply = jax.jit(lambda t: model.apply(params, model.apply(params, images, method="image_tokens"), t, prefix_len,
+                                        method="caption_logits"))
   logits = apply(tokens)
   # A later prompt token changes the logits of an earlier prompt position (full attention in the prefix) ...
   in_prompt = apply(tokens.at[0, 3].set(20))
@@ -159,14 +159,14 @@ def test_decoders_read_the_image():
               multimodal=MultimodalDecoder(VOCAB, depth=1, num_heads=2, mlp_dim=32), embed_dim=8)
   tokens = jnp.array([[1, 5, 6, 2, 0, 0]] * 2)
   batch = {"image": random_images(0), "text": tokens, "caption": tokens}
-  params = coca.init(jax.random.key(0), batch)
-  outputs, _ = coca.apply(params, batch)
+  params = jax.jit(coca.init)(jax.random.key(0), batch)  # jitted: one compile, not op by op
+  outputs, _ = jax.jit(coca.apply)(params, batch)
   assert float(jnp.max(jnp.abs(outputs["logits"][0] - outputs["logits"][1]))) > 1e-4
 
   prefix_lm = make_prefix_lm()
   batch = {"image": random_images(1), "text": tokens, "prefix_len": jnp.array([1, 1])}
-  params = prefix_lm.init(jax.random.key(0), batch)
-  outputs, _ = prefix_lm.apply(params, batch)
+  params = jax.jit(prefix_lm.init)(jax.random.key(0), batch)
+  outputs, _ = jax.jit(prefix_lm.apply)(params, batch)
   assert float(jnp.max(jnp.abs(outputs["logits"][0] - outputs["logits"][1]))) > 1e-4
 
 

@@ -43,8 +43,8 @@ def test_the_sample_batch_initialises_the_model_and_its_outputs_feed_its_loss_te
   model = models.build_model(config.model, vocab_size=VOCAB, max_len=TEXT, eos_id=2, pad_id=0)
   batch = models.sample_batch(module.FEATURES, config.batch_size, IMAGE, TEXT)
   assert set(batch) == set(module.FEATURES)
-  params = model.init(jax.random.key(0), batch)["params"]
-  outputs, intermediates = model.apply({"params": params}, batch)
+  params = jax.jit(model.init)(jax.random.key(0), batch)["params"]  # jitted: one compile, not op by op
+  outputs, intermediates = jax.jit(model.apply)({"params": params}, batch)
   assert isinstance(intermediates, dict)
   loss, metrics = losses.compute_loss(config.loss, module.LOSS_TERMS, outputs, batch, pad_id=0)
   assert np.isfinite(float(loss)) and float(metrics["loss"]) == float(loss)
