@@ -181,7 +181,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                           f"was not applied and the last good checkpoint is kept ({run.checkpoints.latest_step()}); "
                           "lower config.optimizer.learning_rate or set config.nonfinite='skip'")
       if step == start_step + 1:  # step 1 includes compilation: time it apart from the steps after it
-        jax.block_until_ready(metrics)
+        # (bool(metrics["finite"]) above already waited for the step to finish)
         compile_seconds, window_start, window_steps = time.time() - window_start, time.time(), 0
       # The first line comes after the first compiled step, so its ETA is what this machine will take.
       first_line = step == min(start_step + 2, config.total_steps)

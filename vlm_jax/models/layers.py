@@ -21,10 +21,10 @@ import numpy as np
 Dtype = Any
 
 
-
 def at_least_float32(x):
   """x in float32, or in its own dtype when that is wider (float64 in numerical tests)."""
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
 
 def partitioned(init: Callable, names: tuple) -> Callable:
   """An initializer whose parameter carries logical axis `names`."""
