@@ -97,7 +97,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.evals = ml_collections.ConfigDict()
   c.eval = ml_collections.ConfigDict(dict(
       split="test", periodic_split="validation", extra_splits=("compositional",), batch_size=500,
-      max_decode_len=16))
+      max_decode_len=16, at_end=True))  # at_end=False: no final scores (a run whose point is not its scores)
   return c
 
 
