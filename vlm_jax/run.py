@@ -84,7 +84,10 @@ class Run:
       pipeline.prepare_data(config.data)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("vlm_jax: data prepared")
-    self.tokenizer = tokenizer_lib.load_for_config(config.data)
+    # The workdir's own copy when it has checkpoints (a resumed run, an evaluation after the prepared data is gone).
+    has_checkpoints = os.path.isdir(os.path.join(self.workdir, "checkpoints"))
+    self.tokenizer = (tokenizer_lib.load_for_workdir(self.workdir, config.data) if has_checkpoints
+                      else tokenizer_lib.load_for_config(config.data))
     self.model_module = models.get(config.model.name)
     self.model = models.build_model(config.model, vocab_size=self.tokenizer.vocab_size,
                                     max_len=config.data.max_text_len, eos_id=self.tokenizer.eos_id,

@@ -179,6 +179,7 @@ def _validate_for_model(config) -> None:
   from vlm_jax.evaluators import specs  # noqa: PLC0415
   name = config.model.name
   model = models.get(name)
+  datasets.get(config.data).check_config()  # e.g. the user's own data without a source: which flags to pass
   if model.DATA_TASK not in datasets.tasks(config.data.name):
     fitting = [d for d in datasets.NAMES if model.DATA_TASK in datasets.tasks(d)]
     raise UserError(f"config.model.name={name!r} cannot train on config.data.name={config.data.name!r}: it trains "

@@ -48,6 +48,12 @@ class Builder:
   def __init__(self, data_config):
     self.config = data_config
 
+  def check_config(self) -> None:
+    """Raises UserError for a config.data this dataset cannot use (no file is read)."""
+    normalization = self.config.get("normalization", "siglip") or "siglip"
+    if normalization not in images_lib.NORMALIZATIONS:
+      raise UserError(f"config.data.normalization={normalization!r}: expected one of {images_lib.NORMALIZATIONS}")
+
   def normalize(self, image: np.ndarray) -> np.ndarray:
     """uint8 -> the model's float input, as config.data.normalization says ("siglip" [-1, 1] by default)."""
     return images_lib.normalize(image, self.config.get("normalization", "siglip") or "siglip")
@@ -267,10 +273,15 @@ class ImageTextBuilder(Builder):
       self._directory = image_text.prepared_dir(self.config, int(self.source.get("seed", 0)))
     return self._directory
 
-  def prepare(self) -> None:
+  def check_config(self) -> None:
+    super().check_config()
+    image_text.check_source(self.source)
     crop = self.config.get("train_crop", "random_resized")
     if crop not in images_lib.TRAIN_CROPS:
       raise UserError(f"config.data.train_crop={crop!r}: expected one of {images_lib.TRAIN_CROPS}")
+
+  def prepare(self) -> None:
+    self.check_config()
     self.report = image_text.prepare(self.config, int(self.source.get("seed", 0)), self.directory,
                                      workers=int(self.config.get("prepare_workers", 0) or 0))
 

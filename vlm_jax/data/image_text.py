@@ -350,13 +350,14 @@ def settings(data_config, seed: int) -> dict:
 
 def check_source(source) -> None:
   if not source.get("format"):
-    raise UserError("config.data.source.format is empty: pass --config.data.source.format=coco|csv|jsonl|llava|"
-                    "webdataset and --config.data.source.annotations=PATH (and .images=FOLDER)")
+    raise UserError("no data source: pass --config.data.source.format=coco|csv|jsonl|llava|webdataset "
+                    "--config.data.source.annotations=PATH --config.data.source.images=FOLDER")
   if source.format not in FORMATS:
     raise UserError(f"config.data.source.format={source.format!r}: expected one of {FORMATS}")
   if not source.get("annotations"):
-    raise UserError(f"config.data.source.annotations is empty: pass --config.data.source.annotations=PATH "
-                    f"(the {source.format} file)")
+    what = "shard pattern" if source.format == "webdataset" else "file"
+    raise UserError(f"no data source: pass --config.data.source.annotations=PATH (the {source.format} {what})"
+                    + ("" if source.format == "webdataset" else " --config.data.source.images=FOLDER"))
   fraction = source.get("val_fraction", 0.0)
   if not source.get("val_annotations") and not 0 < fraction < 1:
     raise UserError(f"config.data.source.val_fraction={fraction!r} must be in (0, 1) without "

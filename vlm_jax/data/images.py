@@ -31,9 +31,9 @@ Image.MAX_IMAGE_PIXELS = None
 class BadImage(Exception):
   """An image that cannot be used; `reason` is one of "missing_file", "undecodable_image", "oversized_image"."""
 
-  def __init__(self, reason: str, message: str):
+  def __init__(self, reason: str, message: str, detail: str = ""):
     super().__init__(message)
-    self.reason = reason
+    self.reason, self.detail = reason, detail or reason
 
 
 def open_rgb(source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -58,7 +58,8 @@ def open_rgb(source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
   except BadImage:
     raise
   except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-    raise BadImage("undecodable_image", f"{name} cannot be decoded ({type(e).__name__}: {e})") from None
+    raise BadImage("undecodable_image", f"{name} cannot be decoded ({type(e).__name__}: {e})",
+                   type(e).__name__) from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
