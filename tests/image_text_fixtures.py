@@ -94,8 +94,10 @@ def write_sources(root: str) -> dict:
     json.dump(coco, f)
   sources["coco"] = (dict(format="coco", annotations=os.path.join(root, "coco.json"), images=images), planted, GOOD)
 
+  label = lambda caption: (caption.split(",")[0].split() + ["?", "?", "?"])[2]  # the leftmost shape, for zero-shot
   with open(os.path.join(root, "data.csv"), "w") as f:
-    f.write("filepath,title\n" + "".join(f"{name},\"{captions[0]}\"\n" for name, captions, _ in everything))
+    f.write("filepath,title,label\n" + "".join(f"{name},\"{captions[0]}\",{label(captions[0])}\n"
+                                                for name, captions, _ in everything))
   sources["csv"] = (dict(format="csv", annotations=os.path.join(root, "data.csv"), images=images), planted, GOOD)
 
   with open(os.path.join(root, "data.jsonl"), "w") as f:

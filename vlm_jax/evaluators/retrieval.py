@@ -24,6 +24,8 @@ def recall_at_k(similarity: np.ndarray, relevant: np.ndarray, k: int) -> float:
 def chance_recall_at_k(relevant: np.ndarray, k: int) -> float:
   """Expected recall@k of a uniformly random ranking: 1 - C(N - m, k) / C(N, k) for m relevant items."""
   n = relevant.shape[1]
+  if k >= n:  # every item is retrieved
+    return 1.0
   misses = [math.comb(n - int(m), k) / math.comb(n, k) for m in relevant.sum(axis=1)]
   return float(1.0 - np.mean(misses))
 
