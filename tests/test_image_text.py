@@ -62,6 +62,26 @@ def test_every_format_prepares_and_counts_each_planted_bad_record(sources, prepa
   assert len(split["image"]) == report["splits"]["validation"] == len(split["references"])
 
 
+def test_sources_mix_by_weight(sources, prepared):
+  root, written = sources
+  config = data_config(root, {})
+  config.sources = ml_collections.ConfigDict({
+      "labelled": {**written["csv"][0], "label_key": "label", "val_fraction": 0.2, "weight": 3.0},
+      "plain": {**written["jsonl"][0], "val_fraction": 0.2, "weight": 1.0}})
+  builder = pipeline.prepare_data(config)
+  planted = written["jsonl"][1]
+  assert builder.report["examples"] == 2 * fixtures.GOOD
+  assert builder.report["skipped"] == {k: n + written["csv"][1].get(k, 0) for k, n in planted.items()}
+  train = builder.open("train")
+  labelled = [bool(train[i]["label"]) for i in range(16)]
+  assert sum(labelled) == 12  # 3 : 1
+  validation = pipeline.load_split(config, "validation")
+  assert len(validation["image"]) == sum(r["splits"]["validation"] for r in builder.report["sources"].values())
+  batch = next(pipeline.train_iterator(config, tokenizer_lib.load_for_config(config), batch_size=8, seed=0,
+                                       task="contrastive_caption"))
+  assert batch["image"].shape == (8, 16, 16, 3)
+
+
 def test_images_of_every_mode_are_rgb_and_the_right_way_up(sources):
   root, _ = sources
   folder = os.path.join(root, "images")

@@ -16,6 +16,7 @@ import ml_collections
 # The parser behind ml_collections' DEFINE_config_file, so `--config` and load_config read a file alike.
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
+from vlm_jax.data.image_text import source_defaults
 from vlm_jax.errors import UserError
 
 CONTRASTIVE_LOSSES = ("", "softmax", "sigmoid")
@@ -95,22 +96,6 @@ def base_config() -> ml_collections.ConfigDict:
       split="test", periodic_split="validation", extra_splits=("compositional",), batch_size=500,
       max_decode_len=16))
   return c
-
-
-def source_defaults() -> dict:
-  """config.data.source: the user's own data (config.data.name="image_text", vlm_jax/data/image_text.py)."""
-  return dict(
-      format="",           # coco | csv | jsonl | llava | webdataset
-      annotations="",      # the annotations file, or the webdataset shard pattern (shards/{00000..00099}.tar)
-      images="",           # the folder image paths are relative to ("": the annotations file's folder)
-      image_key="",        # "" = the format's: csv "filepath", jsonl/llava "image", coco "file_name"
-      caption_key="",      # "" = the format's: csv "title", jsonl/coco/webdataset-json "caption"
-      label_key="",        # a field naming each image's class, for zero-shot evaluation ("": none)
-      separator="",        # csv: "" = "," (a .tsv file: tab)
-      val_annotations="",  # the validation split's own file; "" = hold out val_fraction of the records
-      val_images="",
-      val_fraction=0.05,
-      seed=0)              # which records are held out
 
 
 def data_defaults() -> dict:

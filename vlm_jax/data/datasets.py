@@ -266,33 +266,61 @@ class ImageTextBuilder(Builder):
   def __init__(self, data_config):
     super().__init__(data_config)
     self.source = data_config.source
+    self.parts = _source_parts(data_config)  # [(name, config.data with that source, weight)]
 
   @property
   def directory(self) -> str:
+    """The prepared source's folder; with several sources, the folder of their shared tokenizer and report."""
     if not hasattr(self, "_directory"):
-      self._directory = image_text.prepared_dir(self.config, int(self.source.get("seed", 0)))
+      if len(self.parts) == 1:
+        self._directory = image_text.prepared_dir(self.config, int(self.source.get("seed", 0)))
+      else:
+        self._directory = image_text.mix_dir(self.config, [(name, self._part_dir(c), w) for name, c, w in self.parts])
     return self._directory
+
+  def _part_dir(self, part_config) -> str:
+    return image_text.prepared_dir(part_config, int(part_config.source.get("seed", 0)))
 
   def check_config(self) -> None:
     super().check_config()
-    image_text.check_source(self.source)
+    for name, part_config, weight in self.parts:
+      where = "" if len(self.parts) == 1 else f"config.data.sources.{name}: "
+      try:
+        image_text.check_source(part_config.source)
+      except UserError as e:
+        raise UserError(where + str(e)) from None
+      if not weight > 0:
+        raise UserError(f"{where}weight={weight!r} must be > 0")
     crop = self.config.get("train_crop", "random_resized")
     if crop not in images_lib.TRAIN_CROPS:
       raise UserError(f"config.data.train_crop={crop!r}: expected one of {images_lib.TRAIN_CROPS}")
 
   def prepare(self) -> None:
     self.check_config()
-    self.report = image_text.prepare(self.config, int(self.source.get("seed", 0)), self.directory,
-                                     workers=int(self.config.get("prepare_workers", 0) or 0))
+    workers = int(self.config.get("prepare_workers", 0) or 0)
+    reports = {name: image_text.prepare(c, int(c.source.get("seed", 0)), self._part_dir(c), name=name, workers=workers)
+               for name, c, _ in self.parts}
+    if len(self.parts) == 1:
+      self.report = next(iter(reports.values()))
+    else:
+      self.report = image_text.write_mix_report(self.directory, reports)
 
   def open(self, split: str):
     if split not in self.SPLITS:
       raise UserError(f"config.data.name='image_text' has the splits {list(self.SPLITS)}, not {split!r}; set "
                       "config.eval.split / config.eval.periodic_split / config.evals.*.split to one of them")
-    if not image_text.is_prepared(self.directory):
-      raise UserError(f"{self.config.source.annotations!r} is not prepared (expected in {self.directory}); run "
-                      "python -m vlm_jax.prepare --config ... first")
-    return image_text.Source(self.directory, split)
+    sources = []
+    for _, part_config, _ in self.parts:
+      directory = self._part_dir(part_config)
+      if not image_text.is_prepared(directory):
+        raise UserError(f"{part_config.source.annotations!r} is not prepared (expected in {directory}); run "
+                        "python -m vlm_jax.prepare --config ... first")
+      sources.append(image_text.Source(directory, split))
+    if len(sources) == 1:
+      return sources[0]
+    if split == "train":  # sampled by weight, each source repeated as often as its weight needs
+      return image_text.MixedSource(sources, [w for _, _, w in self.parts])
+    return image_text.ConcatSource(sources)
 
   def decode(self, raw: dict) -> dict:
     captions = raw["captions"] or [text for role, text in raw["conversations"] if role == "gpt"][:1]
@@ -314,10 +342,12 @@ class ImageTextBuilder(Builder):
 
   def tokenizer_texts(self) -> list:
     """Every caption and conversation turn of the train split, the class names in prompt templates."""
-    source, texts = self.open("train"), []
-    for i in range(len(source)):
-      raw = source[i]
-      texts += raw["captions"] + [text for _, text in raw["conversations"]]
+    texts = []
+    for _, part_config, _ in self.parts:  # each source whole, whatever its weight
+      source = image_text.Source(self._part_dir(part_config), "train")
+      for i in range(len(source)):
+        raw = source[i]
+        texts += raw["captions"] + [text for _, text in raw["conversations"]]
     class_names = list(self.config.get("class_names", ()) or ())
     texts += [f"a photo of a {name}." for name in class_names]
     return texts
@@ -356,6 +386,28 @@ class ImageTextBuilder(Builder):
     if not rows:
       raise UserError(f"no image of the {split} split has a label among config.data.class_names={list(class_names)}")
     return data["image"][rows], np.array([index[data["label"][i]] for i in rows], np.int32), class_names
+
+
+def _source_parts(data_config) -> list:
+  """[(name, config.data with that source, weight)]: config.data.sources' entries (each over the source
+  defaults), or config.data.source alone with weight 1."""
+  entries = data_config.get("sources") or {}
+  if not entries:
+    return [("source", data_config, 1.0)]
+  import ml_collections  # noqa: PLC0415
+  parts = []
+  for name in entries:
+    entry = dict(entries[name])
+    weight = entry.pop("weight", 1.0)
+    unknown = sorted(set(entry) - set(image_text.source_defaults()))
+    if unknown:
+      raise UserError(f"config.data.sources.{name}.{unknown[0]} is not a source field; expected some of "
+                      f"{sorted(image_text.source_defaults())} and weight")
+    part = ml_collections.ConfigDict(data_config.to_dict())
+    part.source = ml_collections.ConfigDict({**image_text.source_defaults(), **entry})
+    part.sources = ml_collections.ConfigDict()
+    parts.append((name, part, float(weight)))
+  return parts
 
 
 BUILDERS = {"shapes": ShapesBuilder, "fashion_mnist_scenes": FashionMnistScenesBuilder,

@@ -53,6 +53,23 @@ VERSION = 1  # bump when the stored record changes: every prepared source is the
 IMAGE_TOKEN = "<image>"
 
 
+def source_defaults() -> dict:
+  """config.data.source: the user's own data (config.data.name="image_text", vlm_jax/data/image_text.py)."""
+  return dict(
+      format="",           # coco | csv | jsonl | llava | webdataset
+      annotations="",      # the annotations file, or the webdataset shard pattern (shards/{00000..00099}.tar)
+      images="",           # the folder image paths are relative to ("": the annotations file's folder)
+      image_key="",        # "" = the format's: csv "filepath", jsonl/llava "image", coco "file_name"
+      caption_key="",      # "" = the format's: csv "title", jsonl/coco/webdataset-json "caption"
+      label_key="",        # a field naming each image's class, for zero-shot evaluation ("": none)
+      separator="",        # csv: "" = "," (a .tsv file: tab)
+      val_annotations="",  # the validation split's own file; "" = hold out val_fraction of the records
+      val_images="",
+      val_fraction=0.05,
+      seed=0)              # which records are held out
+
+
+
 # ----------------------------------------------------------------------------- records
 
 class Record:
@@ -510,3 +527,57 @@ class Source:
 
   def __getitem__(self, index):
     return decode_record(self._source[index])
+
+
+class MixedSource:
+  """Random access to several prepared train splits sampled by weight (grain's deterministic mix of each source
+  repeated), one epoch being as many records as the sources hold together."""
+
+  def __init__(self, sources: list, weights: list):
+    import grain  # noqa: PLC0415
+    self._length = sum(len(s) for s in sources)
+    total = float(sum(weights))
+    self._mixed = grain.MapDataset.mix([grain.MapDataset.source(s).repeat() for s in sources],
+                                       [w / total for w in weights])
+
+  def __len__(self):
+    return self._length
+
+  def __getitem__(self, index):
+    return self._mixed[index]
+
+
+class ConcatSource:
+  """Random access to several prepared splits one after the other (the validation splits of mixed sources)."""
+
+  def __init__(self, sources: list):
+    self._sources = sources
+    self._starts = np.cumsum([0] + [len(s) for s in sources])
+
+  def __len__(self):
+    return int(self._starts[-1])
+
+  def __getitem__(self, index):
+    k = int(np.searchsorted(self._starts, index, side="right")) - 1
+    return self._sources[k][index - int(self._starts[k])]
+
+
+def mix_dir(data_config, parts: list) -> str:
+  """The folder of several sources' shared tokenizer and report: a hash of their folders and weights."""
+  digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+  return os.path.join(os.path.abspath(os.path.expanduser(data_config.data_dir)), "image_text", f"mix-{digest}")
+
+
+def write_mix_report(directory: str, reports: dict) -> dict:
+  """report.json of mixed sources: the totals and each source's own report."""
+  skipped = {}
+  for report in reports.values():
+    for reason, count in report["skipped"].items():
+      skipped[reason] = skipped.get(reason, 0) + count
+  report = {"examples": sum(r["examples"] for r in reports.values()), "skipped": dict(sorted(skipped.items())),
+            "sources": reports}
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, REPORT + ".tmp"), "w") as f:
+    json.dump(report, f, indent=1)
+  os.replace(os.path.join(directory, REPORT + ".tmp"), os.path.join(directory, REPORT))
+  return report
