@@ -237,3 +237,21 @@ def test_train_on_own_data_then_the_workdir_alone_predicts(sources, tmp_path):
   assert [os.path.basename(r["image"]) for r in rows] == readable  # every mode and size, name order
   assert all(r["label"] in shapes.SHAPES for r in rows)
   assert not (tmp_path / "prepared").exists()
+
+
+def test_an_existing_tokenizer_is_used_and_the_workdir_keeps_a_copy(tmp_path):
+  lm = tmp_path / "lm"
+  lm.mkdir()
+  tokenizer_lib.train_sentencepiece(["a red circle", "a blue square"], str(lm / "tokenizer"))
+  config = run_config.base_config().data
+  config.update(name="image_text", tokenizer=f"hf:{lm}")
+  tok = tokenizer_lib.load_for_config(config)
+  ids = tok.encode("a red square")
+  assert tokenizer_lib.UNK_ID not in ids and (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 1, 2)
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  tokenizer_lib.save_to_workdir(tok, str(workdir))
+  shutil.rmtree(lm)
+  assert tokenizer_lib.load_for_workdir(str(workdir), config).encode("a red square") == ids
+  with pytest.raises(UserError, match="does not exist"):
+    tokenizer_lib.load_for_config(config)
