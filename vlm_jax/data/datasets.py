@@ -21,7 +21,6 @@ A builder is made from config.data (`get(data_config)`) and declares:
 The pipeline (pipeline.py) never asks which dataset it has.
 """
 
-import os
 import time
 
 import numpy as np

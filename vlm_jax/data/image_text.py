@@ -16,8 +16,9 @@ annotations file's folder). The validation split is `val_annotations` (same form
 Preparation (`prepare`) decodes every image once (header checked against config.data.max_image_pixels before
 any pixel is decoded; EXIF orientation; any mode to RGB), scales it so its shorter side is the stored size
 (config.data.stored_image_size, default 8/7 of config.data.image_size) and stores it as JPEG with its texts in
-DIR/{train,validation}.array_record, where DIR = data_dir/image_text/<name>-<hash of the source's files' stat and
-every setting that changes the records>: a changed source is prepared again, an unchanged one reused. A bad
+DIR/{train,validation}.array_record, where DIR = data_dir/image_text/<name>-<hash of the annotations files' size and
+mtime and every setting that changes the records>: a changed source is prepared again, an unchanged one reused
+(image files replaced under unchanged annotations are not noticed: delete DIR to prepare again). A bad
 record (missing file, undecodable or truncated image, empty caption, oversized image, malformed annotation) is
 skipped and counted; DIR/report.json holds {"examples": N, "skipped": {reason: count}, "splits": {...}} and
 DIR/skipped.txt lists the skipped records one per line with the reason.
@@ -362,7 +363,7 @@ def settings(data_config, seed: int) -> dict:
   values.pop("weight", None)
   return {"version": VERSION, "source": values, "files": stats, "seed": seed,
           "stored_image_size": stored_size(data_config), "max_image_pixels": max_pixels(data_config),
-          "vocab_size": data_config.get("vocab_size", 0), "tokenizer": data_config.get("tokenizer", "")}
+          "vocab_size": data_config.get("vocab_size", 0)}
 
 
 def check_source(source) -> None:

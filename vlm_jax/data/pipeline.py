@@ -22,7 +22,8 @@ import grain
 import numpy as np
 
 from vlm_jax.data import datasets, images as images_lib
-from vlm_jax.data.tokenizer import TOKENIZER_FILENAME, Tokenizer, pack_tokens, tokenize, tokenizer_path, train_sentencepiece
+from vlm_jax.data.tokenizer import (TOKENIZER_FILENAME, Tokenizer, pack_tokens, tokenize, tokenizer_path,
+                                    train_sentencepiece)
 from vlm_jax.errors import UserError
 
 DESCRIBE_PROMPT = datasets.DESCRIBE_PROMPT
@@ -262,7 +263,8 @@ def _conversation_features(example: dict, tokenizer, max_len: int) -> dict:
 
 
 def _features(raw: dict, rng: np.random.Generator, *, task: str, tokenizer, data_config, builder) -> dict:
-  """One training example of `task` as numpy arrays from a decoded example; rng is grain's per-(seed, index) generator."""
+  """One training example of `task` as numpy arrays from a decoded example; rng is grain's per-(seed, index)
+  generator (the builder's training image first: its crop, then the task's random choices)."""
   image = builder.normalize(builder.train_image(raw, rng))
   if task == "classification":
     return {"image": image, "label": raw["label"]}

@@ -128,7 +128,8 @@ class HFTokenizer:
     return self._tok.decode(_content_ids(ids, self.pad_id, self.bos_id, self.eos_id))
 
 
-def train_sentencepiece(texts: Iterable[str], model_prefix: str, vocab_size: int = 256, model_type: str = "word") -> str:
+def train_sentencepiece(texts: Iterable[str], model_prefix: str, vocab_size: int = 256,
+                        model_type: str = "word") -> str:
   """Trains a word-level SentencePiece model on texts, saves model_prefix + '.model', returns it.
 
   The shapes captions use a closed vocabulary, so a word model gives every word exactly one
