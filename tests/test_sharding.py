@@ -1,5 +1,6 @@
 """Sharded training equals single-device training; parameters are really sharded; FLOPs by hand."""
 
+import json
 import os
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from jax.sharding import SingleDeviceSharding
 
+import tolerances  # tests/ is on sys.path under pytest
 from vlm_jax import evaluation, flops, models, run, run_config, sharding, train_state, trainer
 from vlm_jax.errors import UserError
 from vlm_jax.models import build_model
@@ -277,3 +279,10 @@ def test_two_processes_train_together_and_their_checkpoint_restores_on_another_m
   assert len(leaf.sharding.mesh.devices.flat) == 8
   scores = evaluation.evaluate_checkpoint(config, str(workdir))
   assert 0.0 <= scores["img2txt_recall@1"] <= 1.0
+
+  # The same config on one process (8 devices, mesh (4, 2, 1)) trains on the same batches: the global data
+  # order does not depend on the process count, so the losses agree to float tolerance.
+  config.mesh.update(data=-1, fsdp=2, tensor=1)
+  trainer.train_and_evaluate(config, str(tmp_path / "one_process"))
+  read = lambda d: [r["loss"] for r in map(json.loads, open(d / "metrics.jsonl")) if "loss" in r]
+  np.testing.assert_allclose(read(tmp_path / "one_process"), read(workdir), atol=tolerances.LOSS_AFTER_STEPS_ATOL)
