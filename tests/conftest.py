@@ -2,7 +2,12 @@
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+import sys  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from xla_env import xla_flags  # noqa: E402
+
+os.environ.setdefault("XLA_FLAGS", xla_flags(devices=8))  # and XLA's quick compile: see xla_env.py
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Fashion-MNIST: the slice shipped in tests/fixtures (MIT licensed, made by scripts/make_fashion_mnist_fixture.py
 # from Debian's package), so its tests run on every machine; point the variable at the full files to test those.

@@ -5,12 +5,14 @@ import os
 import subprocess
 import sys
 
+from xla_env import subprocess_env
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = ("img_per_s", "step_s", "tflops_per_device", "mfu", "matmul_peak_tflops")
 
 
 def test_benchmark_cli_prints_json():
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+  env = subprocess_env(devices=1)
   cmd = [sys.executable, "-m", "vlm_jax.benchmark", "--config", os.path.join(REPO, "configs", "bench_small.py"),
          "--steps=2", "--warmup=1", "--config.batch_size=4", "--config.data.image_size=16",
          "--config.data.max_text_len=8", "--config.model.vision.width=32", "--config.model.vision.depth=1",

@@ -20,6 +20,7 @@ nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 from jupyter_client import KernelManager  # noqa: E402  (installed with nbclient)
 from jupyter_client.kernelspec import KernelSpecManager  # noqa: E402
+from xla_env import xla_flags  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLABS = os.path.join(REPO, "colabs")
@@ -45,7 +46,7 @@ def kernel_env(data_dir: str, tmp_dir: str) -> dict:
   env = dict(os.environ, VLM_JAX_FAST="1", VLM_JAX_DATA_DIR=data_dir, TMPDIR=tmp_dir, JAX_PLATFORMS="cpu",
              PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
   env.pop("MPLBACKEND", None)  # the kernel's inline backend: figures become outputs
-  env.pop("XLA_FLAGS", None)  # conftest's 8 simulated devices are for the sharding tests; one is faster here
+  env["XLA_FLAGS"] = xla_flags(devices=1)  # conftest's 8 simulated devices are for the sharding tests
   return env
 
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 from vlm_jax import inference, predict
 from vlm_jax.errors import UserError
+from xla_env import subprocess_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,7 +55,7 @@ def coca_workdir(tmp_path_factory, data_dir):
 
 
 def _cli(*args):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as a user runs it
+  env = subprocess_env(devices=1)  # one device, as a user runs it
   return subprocess.run([sys.executable, "-m", "vlm_jax.predict", *args], capture_output=True, text=True,
                         cwd=REPO, env=env, timeout=300)
 

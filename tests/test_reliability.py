@@ -15,6 +15,7 @@ from vlm_jax import checkpointing, run, trainer
 from vlm_jax.data import pipeline
 from vlm_jax.errors import UserError
 from test_train import REPO, load_config, read_metrics, tiny
+from xla_env import subprocess_env
 
 SMALL = ["--config.batch_size=16", "--config.model.vision.width=32", "--config.model.vision.depth=1",
          "--config.model.vision.num_heads=2", "--config.model.text.width=32", "--config.model.text.depth=1",
@@ -31,8 +32,7 @@ def train_command(data_dir, workdir, *extra):
 
 
 def env(devices=2):
-  return {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu",
-          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+  return subprocess_env(devices=devices, PYTHONPATH=REPO)
 
 
 def losses_by_step(workdir):

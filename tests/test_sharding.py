@@ -18,6 +18,7 @@ from vlm_jax import evaluation, flops, models, run, run_config, sharding, train_
 from vlm_jax.errors import UserError
 from vlm_jax.models import build_model
 from vlm_jax.run_config import base_config
+from xla_env import subprocess_env
 
 VOCAB = 64
 
@@ -246,8 +247,7 @@ def _free_port():
 def test_two_processes_train_together_and_their_checkpoint_restores_on_another_mesh(data_dir, tmp_path):
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   port = _free_port()
-  env = {**os.environ, "PYTHONPATH": repo, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  env = subprocess_env(devices=2, PYTHONPATH=repo)
   workdir = tmp_path / "run"
   args = ["--config", os.path.join(repo, "configs/shapes_clip.py"), "--workdir", str(workdir),
           f"--config.data.data_dir={data_dir}", "--config.data.builder_config=tiny", "--config.total_steps=4",
