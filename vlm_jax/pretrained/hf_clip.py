@@ -51,19 +51,24 @@ def check_square(vision: dict, architecture: str) -> None:
     raise UserError(f"{architecture}: num_channels={vision['num_channels']} is not supported (RGB only)")
 
 
+def build_vision(vision: dict, scan: bool = True) -> ViT:
+  """The vlm_jax ViT of a (completed) CLIP vision config: CLIPVisionModel, a CLIPModel's vision_config."""
+  check_square(vision, ARCHITECTURE)
+  return ViT(patch_size=vision["patch_size"], width=vision["hidden_size"], depth=vision["num_hidden_layers"],
+             num_heads=vision["num_attention_heads"], mlp_dim=vision["intermediate_size"],
+             posemb="learned_with_cls", cls_token=True, pool="cls",
+             activation=activation(vision["hidden_act"], ARCHITECTURE),
+             layer_norm_eps=vision["layer_norm_eps"], pre_norm=True, scan=scan)
+
+
 def build(config: dict, scan: bool = True) -> TwoTower:
   """The vlm_jax TwoTower computing what this CLIPModel config computes (at any image size)."""
   vision = sub_config(config, "vision_config", VISION_DEFAULTS)
   text = sub_config(config, "text_config", TEXT_DEFAULTS)
-  check_square(vision, ARCHITECTURE)
   eos = text["eos_token_id"]
   if not isinstance(eos, int):
     raise UserError(f"{ARCHITECTURE}: a list eos_token_id={eos!r} is not supported")
-  vit = ViT(patch_size=vision["patch_size"], width=vision["hidden_size"], depth=vision["num_hidden_layers"],
-            num_heads=vision["num_attention_heads"], mlp_dim=vision["intermediate_size"],
-            posemb="learned_with_cls", cls_token=True, pool="cls",
-            activation=activation(vision["hidden_act"], ARCHITECTURE),
-            layer_norm_eps=vision["layer_norm_eps"], pre_norm=True, scan=scan)
+  vit = build_vision(vision, scan)
   tower = TextTransformer(
       vocab_size=text["vocab_size"], width=text["hidden_size"], depth=text["num_hidden_layers"],
       num_heads=text["num_attention_heads"], mlp_dim=text["intermediate_size"],
@@ -74,25 +79,32 @@ def build(config: dict, scan: bool = True) -> TwoTower:
                   scale_init=config.get("logit_scale_init_value", 2.6592))
 
 
+def vision_links(vision: dict, image_size: int, scan: bool = True, hf: str = "vision_model",
+                 path: tuple = ("vision",)) -> list:
+  """Every parameter of `build_vision(vision, scan)` at `image_size` (under `path`) and its HF tensor (under
+  `hf`: "vision_model" in CLIPModel and CLIPVisionModel, "model.vision_tower.vision_model" in a Llava)."""
+  patch = vision["patch_size"]
+  grid_in, grid_out = vision["image_size"] // patch, image_size // patch
+  out = mapping.patch_conv(f"{hf}.embeddings.patch_embedding", path + ("embedding",), patch, bias=False)
+  out += [
+      Link(f"{hf}.embeddings.class_embedding", path + ("cls",),
+           lambda c: c.reshape(1, 1, -1), lambda c: c.reshape(-1)),
+      # Exported as it is: a resampled table is written with the new image_size in config.json.
+      Link(f"{hf}.embeddings.position_embedding.weight", path + ("pos_embedding",),
+           lambda p: resample_posemb(p, grid_in, grid_out, num_prefix=1)),
+  ]
+  out += mapping.layer_norm(f"{hf}.pre_layrnorm", path + ("pre_norm",))
+  out += mapping.encoder_layers(f"{hf}.encoder.layers", path + ("encoder",), vision["num_hidden_layers"],
+                                vision["num_attention_heads"], scan)
+  return out + mapping.layer_norm(f"{hf}.post_layernorm", path + ("encoder_norm",))
+
+
 def links(config: dict, image_size: int, scan: bool = True) -> list:
   """Every parameter of `build(config, scan)` at `image_size` and its HF tensor."""
   vision = sub_config(config, "vision_config", VISION_DEFAULTS)
   text = sub_config(config, "text_config", TEXT_DEFAULTS)
-  patch = vision["patch_size"]
-  grid_in, grid_out = vision["image_size"] // patch, image_size // patch
-  v, t = "vision_model", "text_model"
-  out = mapping.patch_conv(f"{v}.embeddings.patch_embedding", ("vision", "embedding"), patch, bias=False)
-  out += [
-      Link(f"{v}.embeddings.class_embedding", ("vision", "cls"),
-           lambda c: c.reshape(1, 1, -1), lambda c: c.reshape(-1)),
-      # Exported as it is: a resampled table is written with the new image_size in config.json.
-      Link(f"{v}.embeddings.position_embedding.weight", ("vision", "pos_embedding"),
-           lambda p: resample_posemb(p, grid_in, grid_out, num_prefix=1)),
-  ]
-  out += mapping.layer_norm(f"{v}.pre_layrnorm", ("vision", "pre_norm"))
-  out += mapping.encoder_layers(f"{v}.encoder.layers", ("vision", "encoder"), vision["num_hidden_layers"],
-                                vision["num_attention_heads"], scan)
-  out += mapping.layer_norm(f"{v}.post_layernorm", ("vision", "encoder_norm"))
+  t = "text_model"
+  out = vision_links(vision, image_size, scan)
   out += mapping.linear("visual_projection", ("image_projection",), bias=False)
 
   out += [Link(f"{t}.embeddings.token_embedding.weight", ("text", "token_embedding", "embedding")),

@@ -49,8 +49,9 @@ def build(config: dict, scan: bool = True) -> TextTransformer:
       logits_bias=False, scan=scan)
 
 
-def links(config: dict, scan: bool = True) -> list:
-  """Every parameter of `build(config, scan)` and its HF tensor."""
+def links(config: dict, scan: bool = True, hf: str = "model", path: tuple = (), lm_head: str = "lm_head") -> list:
+  """Every parameter of `build(config, scan)` (under `path`) and its HF tensor: the decoder under `hf`
+  ("model" in LlamaForCausalLM, "model.language_model" in a Llava), the output projection `lm_head`."""
   c = _config(config)
   heads, kv_heads, bias = c["num_attention_heads"], c["num_key_value_heads"], c["attention_bias"]
 
@@ -66,11 +67,11 @@ def links(config: dict, scan: bool = True) -> list:
       links += _linear(f"{src}.mlp.{name}_proj", dst + ("mlp", name), c["mlp_bias"])
     return links
 
-  out = [Link("model.embed_tokens.weight", ("token_embedding", "embedding"))]
-  out += mapping.block_layers("model.layers", ("transformer",), c["num_hidden_layers"], scan, block)
-  out += [Link("model.norm.weight", ("final_norm", "scale"))]
+  out = [Link(f"{hf}.embed_tokens.weight", path + ("token_embedding", "embedding"))]
+  out += mapping.block_layers(f"{hf}.layers", path + ("transformer",), c["num_hidden_layers"], scan, block)
+  out += [Link(f"{hf}.norm.weight", path + ("final_norm", "scale"))]
   if not c["tie_word_embeddings"]:
-    out += _linear("lm_head", ("logits",), bias=False)
+    out += _linear(lm_head, path + ("logits",), bias=False)
   return out
 
 
