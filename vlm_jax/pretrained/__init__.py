@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.core import meta
 
-from vlm_jax import decoding
+from vlm_jax import decoding, hf_configs
 from vlm_jax.errors import UserError
 from vlm_jax.pretrained import checkpoint_io, hf_clip, hf_llama, hf_siglip, mapping
 
@@ -33,9 +33,6 @@ CONVERTERS = {hf_clip.ARCHITECTURE: hf_clip, hf_siglip.ARCHITECTURE: hf_siglip,
               hf_llama.ARCHITECTURE: hf_llama}
 # Vision towers alone (read by read_params, for config.init_from): their config.json is the vision config.
 VISION_TOWERS = {"CLIPVisionModel": hf_clip, "SiglipVisionModel": hf_siglip}
-# config.json's model_type, for configs written without an `architectures` list.
-MODEL_TYPES = {"clip": hf_clip.ARCHITECTURE, "siglip": hf_siglip.ARCHITECTURE, "llama": hf_llama.ARCHITECTURE,
-               "clip_vision_model": "CLIPVisionModel", "siglip_vision_model": "SiglipVisionModel"}
 
 
 def _image_features(model, images):
@@ -145,16 +142,7 @@ class Pretrained:
 
 
 def _architecture(config: dict, directory: str, supported=CONVERTERS, reader: str = "from_hf") -> str:
-  """The one supported architecture config.json names, or a UserError naming what it names."""
-  names = list(config.get("architectures") or [])
-  if not names and config.get("model_type") in MODEL_TYPES:
-    names = [MODEL_TYPES[config["model_type"]]]
-  for name in names:
-    if name in supported:
-      return name
-  found = names or [config.get("model_type", "nothing")]
-  raise UserError(f"{directory}: architecture {', '.join(map(str, found))} is not supported; "
-                  f"{reader} reads {', '.join(supported)}")
+  return hf_configs.architecture(config, directory, supported, reader)
 
 
 def _links(converter, config: dict, image_size: Optional[int], scan: bool) -> list:
@@ -226,10 +214,13 @@ def read_params(directory: str, image_size: Optional[int] = None, scan: bool = T
 
   params (numpy, no "params" key): a CLIPModel's or SiglipModel's TwoTower tree, {"vision": ...} for a
   CLIPVisionModel or SiglipVisionModel (so "vision" names the tower in both), a LlamaForCausalLM's decoder
-  tree (TextTransformer: token_embedding, transformer, final_norm, logits). image_size as in from_hf.
+  tree (TextTransformer: token_embedding, transformer, final_norm, logits). image_size as in from_hf (a
+  language model has none: ignored).
   """
   config = checkpoint_io.read_config(directory)
   architecture = _architecture(config, directory, {**CONVERTERS, **VISION_TOWERS}, "config.init_from hf:")
+  if architecture == hf_llama.ARCHITECTURE:
+    return architecture, config, _import(directory, None, scan)[3]
   if architecture not in VISION_TOWERS:
     return architecture, config, _import(directory, image_size, scan)[3]
   converter = VISION_TOWERS[architecture]
@@ -240,7 +231,10 @@ def read_params(directory: str, image_size: Optional[int] = None, scan: bool = T
   module = converter.build_vision(vision, scan)
   abstract = meta.unbox(jax.eval_shape(lambda: module.init(jax.random.key(0),
                                                            jnp.zeros((1, image_size, image_size, 3)))))["params"]
-  params = mapping.import_params(converter.vision_links(vision, image_size, scan), checkpoint_io.read_tensors(directory),
+  tensors = checkpoint_io.read_tensors(directory)
+  # transformers 4 saved a vision tower's tensors under "vision_model.", transformers 5 at the top level.
+  prefix = "vision_model" if any(name.startswith("vision_model.") for name in tensors) else ""
+  params = mapping.import_params(converter.vision_links(vision, image_size, scan, hf=prefix), tensors,
                                  {"vision": abstract}, architecture)
   return architecture, config, params
 

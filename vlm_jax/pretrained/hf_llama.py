@@ -8,33 +8,14 @@ MLP biases, tied or separate output embedding, SiLU SwiGLU. Rotary scaling varia
 (llama3, linear, dynamic, yarn, ...) are refused with a UserError rather than silently computed wrong.
 """
 
-from vlm_jax.errors import UserError
+from vlm_jax import hf_configs
 from vlm_jax.models.text import TextTransformer
 from vlm_jax.pretrained import mapping
 from vlm_jax.pretrained.mapping import Link
 
-ARCHITECTURE = "LlamaForCausalLM"
-DEFAULTS = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                num_attention_heads=32, num_key_value_heads=None, hidden_act="silu", rms_norm_eps=1e-6,
-                tie_word_embeddings=False, attention_bias=False, mlp_bias=False, head_dim=None,
-                rope_parameters=None, rope_theta=None, rope_scaling=None, max_position_embeddings=2048)
-
-
-def _config(config: dict) -> dict:
-  """config.json completed with LlamaConfig's defaults; unsupported features raise UserError."""
-  c = {**DEFAULTS, **config}
-  c["num_key_value_heads"] = c["num_key_value_heads"] or c["num_attention_heads"]
-  c["head_dim"] = c["head_dim"] or c["hidden_size"] // c["num_attention_heads"]
-  # transformers >= 5 writes `rope_parameters`; older configs `rope_theta` and `rope_scaling`.
-  rope = dict(c["rope_parameters"] or c["rope_scaling"] or {})
-  rope_type = rope.get("rope_type", rope.get("type", "default"))
-  if rope_type != "default":
-    raise UserError(f"{ARCHITECTURE}: rope_type {rope_type!r} is not supported (only the default rotary "
-                    "embedding)")
-  c["rope_theta"] = float(rope.get("rope_theta") or c["rope_theta"] or 10_000.0)
-  if c["hidden_act"] != "silu":
-    raise UserError(f"{ARCHITECTURE}: hidden_act {c['hidden_act']!r} is not supported (only silu)")
-  return c
+ARCHITECTURE = hf_configs.LLAMA
+DEFAULTS = hf_configs.LLAMA_DEFAULTS
+_config = hf_configs.llama
 
 
 def build(config: dict, scan: bool = True) -> TextTransformer:

@@ -10,6 +10,7 @@ pooled, then `head` (a Linear with bias) = TwoTower's text projection.
 
 import numpy as np
 
+from vlm_jax import hf_configs
 from vlm_jax.errors import UserError
 from vlm_jax.models.text import TextTransformer
 from vlm_jax.models.two_tower import TwoTower
@@ -20,12 +21,7 @@ from vlm_jax.pretrained.mapping import Link
 from vlm_jax.pretrained.resample import resample_posemb
 
 ARCHITECTURE = "SiglipModel"
-VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                       num_channels=3, image_size=224, patch_size=16, hidden_act="gelu_pytorch_tanh",
-                       layer_norm_eps=1e-6, vision_use_head=True)
-TEXT_DEFAULTS = dict(vocab_size=32000, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                     num_attention_heads=12, max_position_embeddings=64, hidden_act="gelu_pytorch_tanh",
-                     layer_norm_eps=1e-6, pad_token_id=1, projection_size=None)
+VISION_DEFAULTS, TEXT_DEFAULTS = hf_configs.SIGLIP_VISION_DEFAULTS, hf_configs.SIGLIP_TEXT_DEFAULTS
 
 
 def check_vision(vision: dict) -> None:
@@ -72,20 +68,21 @@ def build(config: dict, scan: bool = True) -> TwoTower:
 def vision_links(vision: dict, image_size: int, scan: bool = True, hf: str = "vision_model",
                  path: tuple = ("vision",)) -> list:
   """Every parameter of `build_vision(vision, scan)` at `image_size` (under `path`) and its HF tensor (under
-  `hf`: "vision_model" in SiglipModel and SiglipVisionModel, "model.vision_tower.vision_model" in a Llava)."""
+  `hf`: "vision_model" in SiglipModel and SiglipVisionModel, "vision_tower" in a Llava, "" in a CLIPVisionModel saved by transformers 5)."""
+  hf = f"{hf}." if hf else ""
   patch, heads = vision["patch_size"], vision["num_attention_heads"]
   grid_in, grid_out = vision["image_size"] // patch, image_size // patch
-  out = mapping.patch_conv(f"{hf}.embeddings.patch_embedding", path + ("embedding",), patch, bias=True)
-  out += [Link(f"{hf}.embeddings.position_embedding.weight", path + ("pos_embedding",),
+  out = mapping.patch_conv(f"{hf}embeddings.patch_embedding", path + ("embedding",), patch, bias=True)
+  out += [Link(f"{hf}embeddings.position_embedding.weight", path + ("pos_embedding",),
                lambda p: resample_posemb(p, grid_in, grid_out, num_prefix=0))]
-  out += mapping.encoder_layers(f"{hf}.encoder.layers", path + ("encoder",), vision["num_hidden_layers"], heads,
+  out += mapping.encoder_layers(f"{hf}encoder.layers", path + ("encoder",), vision["num_hidden_layers"], heads,
                                 scan)
-  out += mapping.layer_norm(f"{hf}.post_layernorm", path + ("encoder_norm",))
-  out += [Link(f"{hf}.head.probe", path + ("map_head", "probe"))]
-  out += mapping.fused_attention(f"{hf}.head.attention", path + ("map_head", "attention"), heads)
-  out += mapping.layer_norm(f"{hf}.head.layernorm", path + ("map_head", "norm"))
-  out += mapping.linear(f"{hf}.head.mlp.fc1", path + ("map_head", "mlp", "fc1"))
-  return out + mapping.linear(f"{hf}.head.mlp.fc2", path + ("map_head", "mlp", "fc2"))
+  out += mapping.layer_norm(f"{hf}post_layernorm", path + ("encoder_norm",))
+  out += [Link(f"{hf}head.probe", path + ("map_head", "probe"))]
+  out += mapping.fused_attention(f"{hf}head.attention", path + ("map_head", "attention"), heads)
+  out += mapping.layer_norm(f"{hf}head.layernorm", path + ("map_head", "norm"))
+  out += mapping.linear(f"{hf}head.mlp.fc1", path + ("map_head", "mlp", "fc1"))
+  return out + mapping.linear(f"{hf}head.mlp.fc2", path + ("map_head", "mlp", "fc2"))
 
 
 def links(config: dict, image_size: int, scan: bool = True) -> list:
