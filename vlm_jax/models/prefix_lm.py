@@ -20,6 +20,7 @@ EVAL_TYPES = ("captioning", "vqa", "pope")
 DEFAULT_EVALS = EVAL_TYPES
 PREDICT_TASKS = ("caption", "answer")
 GENERATES = True
+HF_EXPORT = "llava"  # python -m vlm_jax.export: a LlavaForConditionalGeneration (CLIP/SigLIP tower, Llama decoder)
 
 
 class PrefixLM(nn.Module):

@@ -36,7 +36,8 @@ def vit_fields(vision: ml_collections.ConfigDict) -> dict:
   fields = dict(activation=vision.get("activation", "gelu"), layer_norm_eps=float(vision.get("layer_norm_eps", 1e-6)),
                 pre_norm=bool(vision.get("pre_norm", False)))
   if fields["activation"] not in layers.ACTIVATIONS:
-    raise UserError(f"config.model.vision.activation={fields['activation']!r} is not one of {sorted(layers.ACTIVATIONS)}")
+    raise UserError(f"config.model.vision.activation={fields['activation']!r} is not one of "
+                    f"{sorted(layers.ACTIVATIONS)}")
   return fields
 
 

@@ -72,7 +72,8 @@ def build(config: dict, scan: bool = True) -> TwoTower:
 def vision_links(vision: dict, image_size: int, scan: bool = True, hf: str = "vision_model",
                  path: tuple = ("vision",)) -> list:
   """Every parameter of `build_vision(vision, scan)` at `image_size` (under `path`) and its HF tensor (under
-  `hf`: "vision_model" in CLIPModel and CLIPVisionModel, "vision_tower" in a Llava, "" in a CLIPVisionModel saved by transformers 5)."""
+  `hf`: "vision_model" in CLIPModel and CLIPVisionModel, "vision_tower" in a Llava,
+  "" in a CLIPVisionModel saved by transformers 5)."""
   hf = f"{hf}." if hf else ""
   patch = vision["patch_size"]
   grid_in, grid_out = vision["image_size"] // patch, image_size // patch

@@ -68,7 +68,8 @@ def build(config: dict, scan: bool = True) -> TwoTower:
 def vision_links(vision: dict, image_size: int, scan: bool = True, hf: str = "vision_model",
                  path: tuple = ("vision",)) -> list:
   """Every parameter of `build_vision(vision, scan)` at `image_size` (under `path`) and its HF tensor (under
-  `hf`: "vision_model" in SiglipModel and SiglipVisionModel, "vision_tower" in a Llava, "" in a CLIPVisionModel saved by transformers 5)."""
+  `hf`: "vision_model" in SiglipModel and SiglipVisionModel, "vision_tower" in a Llava,
+  "" in a SiglipVisionModel saved by transformers 5)."""
   hf = f"{hf}." if hf else ""
   patch, heads = vision["patch_size"], vision["num_attention_heads"]
   grid_in, grid_out = vision["image_size"] // patch, image_size // patch
