@@ -6,7 +6,7 @@
   (processor_config.json, preprocessor_config.json), which `LlavaForConditionalGeneration.from_pretrained`
   and `AutoProcessor.from_pretrained` load. Its greedy `generate` on the processor's chat template of
   [user: image + prompt] writes what `python -m vlm_jax.predict --prompt` writes.
-- A two-tower model (HF_EXPORT "two_tower") whose towers CLIP can represent becomes a `CLIPModel`.
+- A two-tower model (HF_EXPORT "clip") whose towers CLIP can represent becomes a `CLIPModel`.
 - Anything else is refused with one UserError line naming what transformers cannot represent.
 
 The tensors come from the same `Link` tables that import them (vlm_jax.pretrained.hf_clip, hf_siglip,
@@ -268,7 +268,7 @@ def export_two_tower(workdir: str, config, read_params, tokenizer, out: str) -> 
   return hf_clip.ARCHITECTURE
 
 
-EXPORTERS = {"llava": export_llava, "two_tower": export_two_tower}
+EXPORTERS = {"llava": export_llava, "clip": export_two_tower}
 
 
 def export_workdir(workdir: str, out: str) -> str:
