@@ -16,8 +16,8 @@ Stage 1 (feature alignment, captions) trains the projector only; stage 2 (instru
 the Llama, starting from stage 1's latest checkpoint. The vision tower stays frozen in both, as in LLaVA-1.5.
 Hyper-parameters are LLaVA-1.5's (batch 256 / 128, lr 1e-3 / 2e-5, cosine, 3% warmup, one epoch).
 
-Optional: mesh=gpu8 (one host of 8 GPUs) or mesh=v5p-N (a TPU v5p slice of N chips): the mesh and logical
-axis rules of that hardware (see experiments/README.md, "LLaVA from pretrained parts at real size", for the
+Optional: mesh=gpu8 (one host of 8 GPUs) or mesh=v5p-N (a TPU v5p slice, Cloud's name: N / 2 chips): the mesh,
+logical axis rules, remat and gradient accumulation of that hardware (see experiments/README.md, "LLaVA from pretrained parts at real size", for the
 memory per device they need, computed by scripts/llava_memory.py).
 """
 
@@ -52,23 +52,27 @@ def parse_arg(arg) -> dict:
 
 
 def mesh_for(config, hardware: str) -> None:
-  """The mesh and rules of one 8-GPU host ("gpu8") or a TPU v5p slice ("v5p-N", N chips)."""
-  rules = dict(DEFAULT_RULES)
+  """The mesh and rules of one 8-GPU host ("gpu8") or a TPU v5p slice ("v5p-N": Cloud's name, N TensorCores =
+  N / 2 chips, each one JAX device), and the micro-batches that fit (scripts/llava_memory.py)."""
   if hardware == "gpu8":
-    # 8B params + Adam in float32 (16 B/param) do not fit one 141 GB GPU next to activations: FSDP over all
-    # 8 shards them; the batch is split over the same 8 devices (sharding.batch_sharding uses data x fsdp).
+    # 8B float32 params + Adam's moments + grads (16 B/param in stage 2) do not fit one 80 GB GPU: FSDP over all 8
+    # shards them; the batch is split over the same 8 devices (sharding.batch_sharding uses data x fsdp).
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 8, 1
-  elif hardware.startswith("v5p-"):
-    chips = int(hardware[len("v5p-"):])
-    if chips < 16 or chips % 16:
-      raise UserError(f"configs/llava_hf.py: mesh={hardware}: a v5p slice of a multiple of 16 chips is expected")
-    # 95 GB HBM per chip: FSDP over 16 chips holds the state in 8 GB per chip; data parallel across the rest.
-    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = chips // 16, 16, 1
+    micro_examples = 4  # per device (stage 2): the [b, 32 heads, 2048, 2048] attention scores of a block dominate
+  elif hardware.startswith("v5p-") and hardware[len("v5p-"):].isdigit() and int(hardware[len("v5p-"):]) % 32 == 0:
+    # 95 GB HBM per chip: FSDP over 16 chips holds the whole state in ~8 GB per chip; data parallel over the rest.
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 16, 1
+    micro_examples = 4
   else:
-    raise UserError(f"configs/llava_hf.py: mesh={hardware!r} is not gpu8 or v5p-N")
+    raise UserError(f"configs/llava_hf.py: mesh={hardware!r} is not gpu8 or v5p-N (N a multiple of 32: 16+ chips)")
+  rules = dict(DEFAULT_RULES)
   rules["embed"] = "fsdp"
   config.sharding.logical_axis_rules = list(rules.items())
-  config.model.remat = "full"  # activations: one block's at a time per micro-batch (see experiments/README.md)
+  config.model.remat = "full"  # activations: each block's input kept, one block recomputed at a time
+  devices = 8 if hardware == "gpu8" else int(hardware[len("v5p-"):]) // 2
+  if config.data.max_text_len <= 128:  # stage 1: 857-token sequences, 4x more examples fit
+    micro_examples *= 4
+  config.grad_accum_steps = max(1, config.batch_size // devices // micro_examples)
 
 
 def get_config(arg=None):
@@ -91,7 +95,11 @@ def get_config(arg=None):
   config.optimizer.learning_rate = learning_rate
   config.optimizer.warmup_steps = int(0.03 * config.total_steps)
   config.optimizer.weight_decay = 0.0
+  config.optimizer.b2 = 0.999
   if args["stage"] == "1":
+    # Captions are short: the text is padded to max_text_len, so stage 1 keeps it at 128 tokens (LLaVA pads each
+    # batch to its longest; vlm_jax's shapes are static). Stage 2's conversations use the LM's context.
+    config.data.max_text_len = min(config.data.max_text_len, 128)
     config.init_from = (("vision", "hf:" + args["vision"], "vision"), ("decoder", "hf:" + args["lm"], ""))
   else:
     config.init_from = (("", args["stage1"], ""),)

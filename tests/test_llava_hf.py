@@ -40,7 +40,7 @@ def llava_config(dirs: dict, stage: str):
   for key in ("source", "normalize", "image_mean", "image_std"):
     del config.data[key]  # [-1, 1] images: the fixture's preprocessor_config.json says mean = std = 0.5
   config.data.max_text_len = 24
-  config.model.dtype, config.model.scan = "float32", False
+  config.model.dtype = "float32"  # scan stays True (the recipe's layout; export reads the stacked blocks)
   config.batch_size, config.total_steps, config.log_every_steps, config.checkpoint_every_steps = 8, 2, 2, 2
   config.optimizer.learning_rate = 1e-2  # visible change in two steps
   config.eval.update(batch_size=64, extra_splits=(), max_decode_len=8)

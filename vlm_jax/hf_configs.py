@@ -174,6 +174,9 @@ def set_llava_model(config, vision_dir: str, lm_dir: str) -> dict:
       lm["tie_word_embeddings"])
   t.cross_attention_gate = False
   pre = preprocessing(vision_dir, kind, vision["image_size"])
+  # SigLIP So400m/14 at 384 px: its stride-14 convolution sees 27 x 27 patches and ignores the last 6 pixel rows
+  # and columns; vlm_jax patchifies whole multiples of the patch, so the same 729 patches come from 378 px.
+  pre["image_size"] -= pre["image_size"] % vision["patch_size"]
   config.data.image_size = pre["image_size"]
   config.data.normalize = pre["normalize"]
   config.data.image_mean, config.data.image_std = pre["image_mean"], pre["image_std"]
