@@ -70,7 +70,8 @@ def base_config() -> ml_collections.ConfigDict:
       # scan: the blocks as one nn.scan (compile time flat in depth; params stacked on a "layers" axis);
       # False: a Python loop, params block_00, block_01, ... (the layout of runs written before scan).
       # vision_layer: -1 the encoder output after its final norm; k <= -2 the output of block depth + k + 1, before
-      # any norm (HF's hidden_states[k], LLaVA's vision_feature_layer: -2 is the penultimate block).
+      # any norm (HF's hidden_states[k], LLaVA's vision_feature_layer: -2 is the penultimate block; -(depth + 1)
+      # the embedded tokens).
       # prefix_attention (prefix_lm): "bidirectional" image and prompt see each other (PaliGemma), "causal" every
       # position sees only those before it (LLaVA, what transformers' LlavaForConditionalGeneration computes).
       name="two_tower", dtype="float32", remat="", scan=True, embed_dim=128, vision_layer=-1,
@@ -148,8 +149,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if len(entry) != 3:
       raise UserError(f"config.init_from[{i}]={entry!r}: expected (target subtree, workdir, source subtree)")
   depth, layer = config.model.vision.depth, config.model.vision_layer
-  if not -depth <= layer <= -1:
-    raise UserError(f"config.model.vision_layer={layer} must be in [-{depth}, -1] (config.model.vision.depth={depth})")
+  if not -depth - 1 <= layer <= -1:
+    raise UserError(f"config.model.vision_layer={layer} must be in [-{depth + 1}, -1] "
+                    f"(config.model.vision.depth={depth})")
   if config.model.prefix_attention not in ("bidirectional", "causal"):
     raise UserError(f"config.model.prefix_attention={config.model.prefix_attention!r}: expected 'bidirectional' "
                     "or 'causal'")

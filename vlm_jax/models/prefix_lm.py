@@ -29,7 +29,8 @@ class PrefixLM(nn.Module):
   projector: projector.Projector
   decoder: text.TextTransformer
   # -1: the final encoder output (after its norm); k <= -2: HF's hidden_states[k], the output of block
-  # depth + k + 1 before any norm (-2: the penultimate block, LLaVA-1.5's vision_feature_layer).
+  # depth + k + 1 before any norm (-2: the penultimate block, LLaVA-1.5's vision_feature_layer; -(depth + 1): the
+  # embedded tokens the first block reads).
   vision_layer: int = -1
   dtype: layers.Dtype = jnp.float32
 
@@ -39,12 +40,13 @@ class PrefixLM(nn.Module):
     if self.vision_layer == -1:
       tokens = intermediates["encoded"]
     else:
-      # HF's hidden_states are [embeddings, block 1, ..., block depth]: hidden_states[k] = blocks[depth + k]
-      # (intermediates["blocks"] float[depth, B, N, D] holds the block outputs only).
-      if not -self.vision.depth <= self.vision_layer < -1:
-        raise ValueError(f"vision_layer {self.vision_layer} is outside [-{self.vision.depth}, -1] for a "
+      # HF's hidden_states are [embeddings, block 1, ..., block depth]: hidden_states[k] = blocks[depth + k], and
+      # hidden_states[-(depth + 1)] the embedded tokens (intermediates["blocks"] float[depth, B, N, D]).
+      if not -self.vision.depth - 1 <= self.vision_layer < -1:
+        raise ValueError(f"vision_layer {self.vision_layer} is outside [-{self.vision.depth + 1}, -1] for a "
                          f"{self.vision.depth}-block ViT")
-      tokens = intermediates["blocks"][self.vision.depth + self.vision_layer]
+      index = self.vision.depth + self.vision_layer
+      tokens = intermediates["embedded"] if index < 0 else intermediates["blocks"][index]
     if self.vision.cls_token:
       tokens = tokens[:, 1:]
     return self.projector(tokens)
