@@ -31,7 +31,9 @@ N_IMAGE = 16  # 32 px images, 8 px patches
 
 def llava_config(dirs: dict, stage: str):
   """configs/llava_hf.py on the fixtures, made tiny: shapes captions/VQA with the byte tokenizer (the ids of
-  the fixture's tokenizer.json), float32, 2 steps of batch 8, one evaluator."""
+  the fixture's tokenizer.json), float32, 2 steps of batch 8, one evaluator; the recipe's learning rates, which
+  leave the random fixture Llama writing varied tokens (a higher rate collapses it to EOS, and an empty answer
+  would compare nothing)."""
   arg = f"vision={VISION},lm={LM},stage={stage}" + (f",stage1={dirs['stage1']}" if stage == "2" else "")
   config = run_config.load_config(os.path.join(REPO, "configs", "llava_hf.py") + ":" + arg)
   # Until the own-data issue's image_text source and hf: tokenizers land, the shapes data stands in for them.
@@ -42,7 +44,6 @@ def llava_config(dirs: dict, stage: str):
   config.data.max_text_len = 24
   config.model.dtype = "float32"  # scan stays True (the recipe's layout; export reads the stacked blocks)
   config.batch_size, config.total_steps, config.log_every_steps, config.checkpoint_every_steps = 8, 2, 2, 2
-  config.optimizer.learning_rate = 1e-2  # visible change in two steps
   config.eval.update(batch_size=64, extra_splits=(), max_decode_len=8)
   config.evals.vqa = dict(type="vqa", every=0)
   return config
@@ -106,7 +107,7 @@ def test_transformers_llava_computes_the_same_logits_and_answers(runs):
 
     generated = model.generate(**inputs, do_sample=False, max_new_tokens=restored.config.eval.max_decode_len)
     answer = processor.tokenizer.decode(generated[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-    assert answer == predicted[path]
+    assert answer and answer == predicted[path]  # non-empty: more than an EOS agreed on
 
 
 def test_export_refuses_an_existing_folder_in_one_line(runs, capsys):
