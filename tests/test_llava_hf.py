@@ -114,3 +114,28 @@ def test_export_refuses_an_existing_folder_in_one_line(runs, capsys):
   assert export.main(["--workdir", runs["stage2"], "--out", runs["out"]]) == 1
   err = capsys.readouterr().err.strip()
   assert err.count("\n") == 0 and "is not empty" in err
+
+
+def test_a_clip_shaped_two_tower_exports_as_a_clipmodel_transformers_reads(tmp_path):
+  """export_two_tower on the CLIP fixture's weights (imported by from_hf) under the run config that describes
+  them: transformers' CLIPModel on the export reproduces the fixture's image and text features."""
+  from types import SimpleNamespace
+  from vlm_jax.pretrained import export as export_lib
+  config = run_config.base_config()
+  config.model.name, config.model.embed_dim, config.model.logit_scale_init = "two_tower", 24, 2.6592
+  config.model.vision.update(patch_size=12, width=32, depth=2, num_heads=4, mlp_dim=64, posemb="learned_with_cls",
+                             cls_token=True, pool="cls", activation="quick_gelu", layer_norm_eps=1e-5, pre_norm=True)
+  config.model.text.update(width=32, depth=2, num_heads=4, mlp_dim=64, mlp="quick_gelu", norm_eps=1e-5)
+  config.data.image_size, config.data.max_text_len = 48, 16
+  tokenizer = SimpleNamespace(vocab_size=64, pad_id=1, bos_id=0, eos_id=5)  # the fixture's ids
+  params = jax.tree.map(np.asarray, pretrained.from_hf(os.path.join(FIXTURES, "clip")).params["params"])
+  written = export_lib.export_two_tower(str(tmp_path), config, lambda: params, tokenizer, str(tmp_path / "hf"))
+  assert written.startswith("CLIPModel without a tokenizer")  # vlm_jax's SentencePiece has no transformers form
+  model = transformers.CLIPModel.from_pretrained(str(tmp_path / "hf")).eval()
+  with np.load(os.path.join(FIXTURES, "clip", "expected.npz")) as data:
+    pixels = data["pixels"].astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+    with torch.no_grad():
+      image = model.get_image_features(pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2)).pooler_output
+      text = model.get_text_features(input_ids=torch.from_numpy(data["tokens"]).long()).pooler_output
+    assert np.max(np.abs(image.numpy() - data["image_features"])) < HF_PARITY_ATOL
+    assert np.max(np.abs(text.numpy() - data["text_features"])) < HF_PARITY_ATOL
