@@ -17,8 +17,8 @@ the Llama, starting from stage 1's latest checkpoint. The vision tower stays fro
 Hyper-parameters are LLaVA-1.5's (batch 256 / 128, lr 1e-3 / 2e-5, cosine, 3% warmup, one epoch).
 
 Optional: mesh=gpu8 (one host of 8 GPUs) or mesh=v5p-N (a TPU v5p slice, Cloud's name: N / 2 chips): the mesh,
-logical axis rules, remat and gradient accumulation of that hardware (see experiments/README.md, "LLaVA from pretrained parts at real size", for the
-memory per device they need, computed by scripts/llava_memory.py).
+logical axis rules, remat and gradient accumulation of that hardware; experiments/README.md ("LLaVA from
+pretrained parts at real size") has the memory per device they need, computed by scripts/llava_memory.py.
 """
 
 from vlm_jax import hf_configs
