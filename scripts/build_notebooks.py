@@ -577,6 +577,7 @@ clip_config = notebook_config("shapes_clip", steps=600, fast_steps=10)
 lm_config = notebook_config("shapes_lm", steps=400, fast_steps=10)
 clip_dir, lm_dir = os.path.join(WORKDIR, "clip"), os.path.join(WORKDIR, "lm")
 for name, config, workdir in (("CLIP", clip_config, clip_dir), ("LM", lm_config, lm_dir)):
+  config.eval.at_end = False  # only their weights matter here: no final scoring of the test split
   start = time.time()
   trainer.train_and_evaluate(config, workdir)
   print(f"== {name}: {config.total_steps} steps in {time.time() - start:.0f} s\n")'''),

@@ -8,7 +8,8 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(REPO, "vlm_jax")
-ENTRY_MODULES = {"vlm_jax.train", "vlm_jax.evaluate", "vlm_jax.predict", "vlm_jax.benchmark", "vlm_jax.export"}
+ENTRY_MODULES = {"vlm_jax.train", "vlm_jax.evaluate", "vlm_jax.predict", "vlm_jax.benchmark", "vlm_jax.prepare",
+                 "vlm_jax.export"}
 
 
 def _modules() -> dict:

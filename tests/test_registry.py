@@ -46,11 +46,12 @@ def test_the_sample_batch_initialises_the_model_and_its_outputs_feed_its_loss_te
   params = jax.jit(model.init)(jax.random.key(0), batch)["params"]  # jitted: one compile, not op by op
   outputs, intermediates = jax.jit(model.apply)({"params": params}, batch)
   assert isinstance(intermediates, dict)
-  loss, metrics = losses.compute_loss(config.loss, module.LOSS_TERMS, outputs, batch, pad_id=0)
+  loss, metrics = jax.jit(lambda o, b: losses.compute_loss(config.loss, module.LOSS_TERMS, o, b, pad_id=0))(
+      outputs, batch)
   assert np.isfinite(float(loss)) and float(metrics["loss"]) == float(loss)
   parts = module.forward_flops(config, VOCAB, config.batch_size)
   assert parts and all(flops > 0 for flops in parts.values())
-  fns = module.predict_fns(model)
+  fns = {k: jax.jit(fn) for k, fn in module.predict_fns(model).items()}
   assert set(fns) <= set(models.PREDICT_FNS)
   images = batch.get("image", np.zeros((config.batch_size, IMAGE, IMAGE, 3), np.float32))
   shapes = {"encode_image": lambda: fns["encode_image"](params, images).shape,

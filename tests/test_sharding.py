@@ -1,5 +1,6 @@
 """Sharded training equals single-device training; parameters are really sharded; FLOPs by hand."""
 
+import json
 import os
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from jax.sharding import SingleDeviceSharding
 
+import tolerances  # tests/ is on sys.path under pytest
 from vlm_jax import evaluation, flops, models, run, run_config, sharding, train_state, trainer
 from vlm_jax.errors import UserError
 from vlm_jax.models import build_model
@@ -44,15 +46,17 @@ def random_batch(config, seed=0):
   return {"image": rng.normal(size=(b, 16, 16, 3)).astype(np.float32), "text": text, "caption": text.copy()}
 
 
+@jax.jit
 def as_float64(tree):
   """Floating leaves in float64 (needs jax_enable_x64): with float64 parameters and compute, nothing in a
-  step is rounded to float32, so two runs of the same math differ only by float64 rounding."""
+  step is rounded to float32, so two runs of the same math differ only by float64 rounding. Jitted: one
+  program for the whole tree, not one per leaf."""
   return jax.tree.map(lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
 def sharded_run(config, steps=2):
   """Initial params, and per step (loss, grads) through the real sharded train step machinery (the train
-  step itself is compiled only when a later step needs its update: steps > 1)."""
+  step itself is compiled only when a later step needs its update: steps > 1; steps=0: the state alone)."""
   model = build_model(config.model, vocab_size=VOCAB, max_len=config.data.max_text_len, eos_id=2, pad_id=0)
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.logical_rules(config)
@@ -82,12 +86,14 @@ def single_device_run(config, params, steps=2):
   tx = train_state.make_optimizer(config)
   state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
   grads_fn = jax.jit(trainer.make_loss_and_grads(model, config, 0))
+  update = jax.jit(lambda state, grads: state.apply_gradients(grads=grads))  # one program, not op by op
   results = []
   for i in range(steps):
     batch = random_batch(config, i)
     grads, metrics = grads_fn(state.params, batch)
     results.append((float(metrics["loss"]), jax.device_get(grads)))
-    state = state.apply_gradients(grads=grads)
+    if i + 1 < steps:
+      state = update(state, grads)
   return results
 
 
@@ -138,7 +144,7 @@ def test_sharded_losses_and_gradients_equal_the_single_device_run(mesh):
 
 def test_large_parameters_are_split_over_fsdp_and_tensor():
   config = tiny_config(data=1, fsdp=4, tensor=2)
-  _, _, state = sharded_run(config, steps=1)
+  _, _, state = sharded_run(config, steps=0)  # where the state lives is the point: no step compiled
   for path, param in jax.tree_util.tree_leaves_with_path(state.params):
     name = jax.tree_util.keystr(path)
     # [embed, mlp] kernels ([layers, embed, mlp] when scanned: layers replicated): fsdp x tensor
@@ -198,10 +204,10 @@ def test_gradient_accumulation_equals_the_full_batch_for_a_per_example_loss():
     batch = random_batch(config)
     del batch["caption"]
     batch["prefix_len"] = np.full((16,), 3, np.int32)
-    params = as_float64(model.init(jax.random.key(0), batch)["params"])
-    full = trainer.make_loss_and_grads(model, config, 0)(params, batch)
+    params = as_float64(jax.jit(model.init)(jax.random.key(0), batch)["params"])
+    full = jax.jit(trainer.make_loss_and_grads(model, config, 0))(params, batch)
     config.grad_accum_steps = 4
-    accumulated = trainer.make_loss_and_grads(model, config, 0)(params, batch)
+    accumulated = jax.jit(trainer.make_loss_and_grads(model, config, 0))(params, batch)
   assert_same_gradients(accumulated[0], full[0])
 
 
@@ -249,7 +255,8 @@ def test_two_processes_train_together_and_their_checkpoint_restores_on_another_m
           "--config.eval_every_steps=100", "--config.model.vision.width=32", "--config.model.vision.depth=1",
           "--config.model.vision.num_heads=2", "--config.model.text.width=32", "--config.model.text.depth=1",
           "--config.model.text.num_heads=2", "--config.mesh.fsdp=2", f"--coordinator_address=127.0.0.1:{port}",
-          "--num_processes=2", "--config.eval.extra_splits=()", "--config.eval.batch_size=64"]
+          "--num_processes=2", "--config.eval.extra_splits=()", "--config.eval.batch_size=64",
+          "--config.eval.at_end=False"]  # scored below, after the restore onto another mesh
   procs = [subprocess.Popen([sys.executable, "-m", "vlm_jax.train", *args, f"--process_id={i}"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
   outputs = [p.communicate(timeout=400)[0] for p in procs]
@@ -272,3 +279,10 @@ def test_two_processes_train_together_and_their_checkpoint_restores_on_another_m
   assert len(leaf.sharding.mesh.devices.flat) == 8
   scores = evaluation.evaluate_checkpoint(config, str(workdir))
   assert 0.0 <= scores["img2txt_recall@1"] <= 1.0
+
+  # The same config on one process (8 devices, mesh (4, 2, 1)) trains on the same batches: the global data
+  # order does not depend on the process count, so the losses agree to float tolerance.
+  config.mesh.update(data=-1, fsdp=2, tensor=1)
+  trainer.train_and_evaluate(config, str(tmp_path / "one_process"))
+  read = lambda d: [r["loss"] for r in map(json.loads, open(d / "metrics.jsonl")) if "loss" in r]
+  np.testing.assert_allclose(read(tmp_path / "one_process"), read(workdir), atol=tolerances.LOSS_AFTER_STEPS_ATOL)

@@ -66,6 +66,7 @@ def test_tiny_run_lowers_the_loss_and_writes_eval_json(name, data_dir, tmp_path)
 def test_rerunning_resumes_from_the_latest_checkpoint_at_the_right_step(data_dir, tmp_path, capsys):
   config = tiny(load_config("shapes_clip"), data_dir, total_steps=12, log_every_steps=4,
                 eval_every_steps=1000, checkpoint_every_steps=6)
+  config.eval.at_end = False  # the steps and checkpoints are the point
   trainer.train_and_evaluate(config, str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["12", "6"]
   config.total_steps = 20
@@ -128,6 +129,7 @@ def test_unwritable_workdir_fails_with_one_clear_line(tmp_path):
 def test_workdir_of_another_model_is_refused_and_left_untouched(data_dir, tmp_path):
   config = tiny(load_config("shapes_clip"), data_dir, total_steps=4, log_every_steps=4,
                 eval_every_steps=1000, checkpoint_every_steps=4)
+  config.eval.at_end = False
   trainer.train_and_evaluate(config, str(tmp_path))
   before = {p: os.path.getmtime(os.path.join(r, p)) for r, _, fs in os.walk(tmp_path) for p in fs}
   result = run_cli("vlm_jax.train", "--config", "configs/shapes_coca.py", "--workdir", str(tmp_path),
@@ -152,6 +154,7 @@ def test_llava_two_stages_freeze_what_they_should_and_chain_checkpoints(data_dir
     config = tiny(config, data_dir, total_steps=steps, log_every_steps=steps, eval_every_steps=1000,
                   checkpoint_every_steps=steps)
     config.data.max_text_len = 24
+    config.eval.at_end = False  # which parameters each stage trains is the point, not the scores
     return config
 
   clip, lm = str(tmp_path / "clip"), str(tmp_path / "lm")
@@ -196,7 +199,7 @@ def test_a_run_written_before_scan_resumes_with_its_checkpoint_restacked(data_di
   def make(steps):
     config = tiny(load_config("shapes_coca"), data_dir, total_steps=steps, log_every_steps=2,
                   eval_every_steps=1000, checkpoint_every_steps=4)
-    config.evals.retrieval = dict(type="retrieval", every=0)  # the layout is the point, not the scores
+    config.eval.at_end = False  # the layout is the point, not the scores
     return config
 
   old = make(4)

@@ -70,6 +70,8 @@ def random_batch(features, batch_size: int, image_size: int, max_len: int, vocab
     text[row, end + 1:] = PAD_ID
   batch.update(text=text, caption=text.copy(), prefix_len=np.full((batch_size,), max_len // 4, np.int32),
                label=rng.integers(0, 10, size=batch_size).astype(np.int32))
+  positions = np.arange(max_len)[None, :]
+  batch["answer_mask"] = ((positions >= batch["prefix_len"][:, None]) & (text != PAD_ID)).astype(np.int32)
   return {name: batch[name] for name in features}
 
 

@@ -1,4 +1,5 @@
-"""Command-line flags and error handling shared by `python -m vlm_jax.train` and `python -m vlm_jax.evaluate`.
+"""Command-line flags and error handling shared by `python -m vlm_jax.train`, `python -m vlm_jax.evaluate` and
+`python -m vlm_jax.prepare` (the config's data prepared, nothing trained; no --workdir).
 
 Library code never parses flags: this module, imported only by the entry modules train.py and evaluate.py,
 turns them into calls of `trainer.train_and_evaluate` and `evaluation.evaluate_checkpoint`. A UserError
@@ -44,6 +45,11 @@ def _run(argv, command: str):
     if FLAGS.config is None:
       raise UserError("--config is required, e.g. --config configs/shapes_coca.py")
     run_config.check_loaded(FLAGS.config, f"--config {FLAGS['config'].config_filename}")
+    if command == "prepare":
+      from vlm_jax.data import pipeline  # noqa: PLC0415
+      run_config.validate(FLAGS.config)
+      pipeline.prepare_data(FLAGS.config.data)
+      return
     if not FLAGS.workdir:
       raise UserError("--workdir is required")
     _initialize_distributed()

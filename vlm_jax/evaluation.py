@@ -96,6 +96,11 @@ class Evaluator:
 
   def retrieval(self, params, split, spec) -> dict:
     data = self.load(split)
+    if "references" in data:  # every caption of an image is a query that should find it (COCO: five)
+      texts = [t for refs in data["references"] for t in refs]
+      owners = [i for i, refs in enumerate(data["references"]) for _ in refs]
+      return retrieval.retrieval_metrics(self._image_embedding(params, split), self._embed_texts(params, texts),
+                                         texts, text_images=owners)
     return retrieval.retrieval_metrics(self._image_embedding(params, split),
                                        self._embed_texts(params, data["caption"]), data["caption"])
 
@@ -103,6 +108,8 @@ class Evaluator:
     data, metrics = self.load(split), {}
     image_embedding = self._image_embedding(params, split)
     for kind in hardneg.HARDNEG_TYPES:
+      if f"hardneg_{kind}_pos" not in data:  # a dataset without hard negatives (the user's own data)
+        continue
       positives, negatives = data[f"hardneg_{kind}_pos"], data[f"hardneg_{kind}_neg"]
       rows = [i for i, p in enumerate(positives) if p]
       if not rows:  # a kind the dataset has no negatives for (binding in Fashion-MNIST scenes)
@@ -118,15 +125,17 @@ class Evaluator:
     tokens, lengths = self._prompts([pipeline.CAPTION_PROMPTS[self.data_task]] * len(data["caption"]))
     predicted = self._generate(params, data["image"], tokens, lengths)
     metrics = captioning.caption_scores(predicted, self._reference_ids(data["caption"]), self.tokenizer.eos_id)
-    # BLEU-4 / CIDEr-D / ROUGE-L (pycocoevalcap) against the canonical caption: the one form the
-    # captioner is trained to produce, so the n-gram scores compare like with like.
-    references = [[c] for c in data["caption"]]
+    # BLEU-4 / CIDEr-D / ROUGE-L (pycocoevalcap) against the canonical caption of the scenes: the one form the
+    # captioner is trained to produce, so the n-gram scores compare like with like; against every reference
+    # caption of an image where the dataset has several (the user's own data: COCO has five).
+    references = data.get("references") or [[c] for c in data["caption"]]
     metrics.update(caption_metrics.caption_metrics([self.tokenizer.decode(p) for p in predicted], references))
     # Chance: a blind model that writes the split's most common caption for every image.
-    reference_ids = self._reference_ids(data["caption"])
+    reference_ids = self._reference_ids([t for refs in references for t in refs])
     counts = collections.Counter(map(tuple, reference_ids))
     mode = max(counts, key=lambda r: (counts[r], r))
-    blind = captioning.caption_scores([list(mode)] * len(reference_ids), reference_ids, self.tokenizer.eos_id)
+    first_ids = self._reference_ids(data["caption"])
+    blind = captioning.caption_scores([list(mode)] * len(first_ids), first_ids, self.tokenizer.eos_id)
     blind.update(caption_metrics.caption_metrics([self.tokenizer.decode(list(mode))] * len(references), references))
     metrics.update({f"chance/{k}": v for k, v in blind.items()})
     return metrics

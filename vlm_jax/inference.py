@@ -7,13 +7,14 @@ command line is `python -m vlm_jax.predict` (vlm_jax/predict.py, flags only). Wh
 """
 
 import dataclasses
+import itertools
 import os
 
 import jax
 import numpy as np
 
 from vlm_jax import checkpointing, decoding, losses, models, run_config
-from vlm_jax.data import pipeline, tokenizer as tokenizer_lib
+from vlm_jax.data import images as images_lib, pipeline, tokenizer as tokenizer_lib
 from vlm_jax.errors import UserError
 from vlm_jax.evaluators import zero_shot
 
@@ -33,26 +34,38 @@ def prediction_fns(model_module, model, decode_config: decoding.DecodeConfig, eo
 # --------------------------------------------------------------------------------------------- inputs
 
 def image_paths(path: str) -> list:
-  """The image files named by `path`: itself, or a folder's image files in name order."""
+  """The image files named by `path`: itself, or a folder's image files in name order (names only: nothing is
+  opened, so a folder of any size is listed quickly)."""
   if os.path.isdir(path):
-    paths = [os.path.join(path, n) for n in sorted(os.listdir(path)) if n.lower().endswith(IMAGE_EXTENSIONS)]
-    if not paths:
+    with os.scandir(path) as entries:
+      names = sorted(e.name for e in entries if e.name.lower().endswith(IMAGE_EXTENSIONS))
+    if not names:
       raise UserError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in folder {path}")
-    return paths
+    return [os.path.join(path, n) for n in names]
   if not os.path.exists(path):
     raise UserError(f"image not found: {path}")
   return [path]
 
 
-def load_image(path: str, size: int) -> np.ndarray:
-  """float32[size, size, 3] in [-1, 1], as the training pipeline feeds images (pipeline.image_to_float)."""
-  from PIL import Image, UnidentifiedImageError  # noqa: PLC0415  (only predict reads image files)
+def load_image(path: str, size: int, normalization: str = "siglip", max_pixels: int = 0) -> np.ndarray:
+  """float32[size, size, 3], as evaluation feeds images: shorter side resized to `size`, centre crop, the run's
+  normalisation. An image above max_pixels (0: Pillow's limit) is refused from its header, before decoding."""
   try:
-    with Image.open(path) as image:
-      image = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-      return pipeline.image_to_float(np.asarray(image, np.uint8))
-  except (UnidentifiedImageError, OSError) as e:
-    raise UserError(f"{path} is not a readable image ({type(e).__name__})") from None
+    image = images_lib.open_rgb(path, max_pixels or images_lib.DEFAULT_MAX_PIXELS)
+  except images_lib.BadImage as e:
+    if e.reason == "oversized_image":
+      raise UserError(f"{e}; raise config.data.max_image_pixels to read it") from None
+    raise UserError(f"{path} is not a readable image ({e.detail})") from None
+  return images_lib.normalize(images_lib.eval_crop(image, size), normalization)
+
+
+def _image_batches(paths: list, data_config, batch_size: int):
+  """Yields (paths, float32[B, S, S, 3]) a batch at a time: a folder is streamed, never held in memory whole."""
+  load = lambda p: load_image(p, data_config.image_size, data_config.get("normalization", "siglip") or "siglip",
+                              int(data_config.get("max_image_pixels", 0) or 0))
+  for begin in range(0, len(paths), batch_size):
+    chunk = paths[begin:begin + batch_size]
+    yield chunk, np.stack([load(p) for p in chunk])
 
 
 def task_for(model_name: str, prompt, labels) -> str:
@@ -170,13 +183,13 @@ def predict(workdir: str, path: str, prompt=None, labels=None, beams: int = 1):
   config = run_config.load_workdir_config(workdir)
   task = task_for(config.model.name, prompt, labels)
   paths = image_paths(path)
-  images = np.stack([load_image(p, config.data.image_size) for p in paths])
+  batch = min(BATCH_SIZE, len(paths))
+  batches = _image_batches(paths, config.data, batch)
+  first = next(batches)  # a bad first image fails before the model is built
   predictor = Predictor(workdir)
   predictor.prepare(task, labels, beams)
-  batch = min(BATCH_SIZE, len(paths))
-  for begin in range(0, len(paths), batch):
-    chunk = images[begin:begin + batch]
+  for chunk_paths, chunk in itertools.chain([first], batches):
     # Pad to a fixed batch: every chunk then runs the one compiled program.
     padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), axis=0)])
-    for p, result in zip(paths[begin:begin + batch], predictor(padded, prompt)):
+    for p, result in zip(chunk_paths, predictor(padded, prompt)):
       yield {"image": p, **result}

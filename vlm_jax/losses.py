@@ -125,9 +125,13 @@ def caption_term(loss_config, outputs, batch, pad_id: int):
 
 
 def answer_term(loss_config, outputs, batch, pad_id: int):
-  """Next-token cross-entropy on what follows the prompt in batch["text"] (prompt length batch["prefix_len"])."""
+  """Next-token cross-entropy on what follows the prompt in batch["text"] (prompt length batch["prefix_len"]);
+  with batch["answer_mask"] int[B, T], on the positions it marks (every assistant turn of a conversation)."""
   del loss_config
-  weights = answer_weights(batch["text"], batch["prefix_len"], pad_id)
+  if "answer_mask" in batch:
+    weights = (batch["answer_mask"][:, 1:] > 0) & (batch["text"][:, 1:] != pad_id)
+  else:
+    weights = answer_weights(batch["text"], batch["prefix_len"], pad_id)
   return next_token_loss(outputs["logits"], batch["text"][:, 1:], weights)
 
 

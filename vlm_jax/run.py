@@ -53,6 +53,8 @@ def check_same_model(config, workdir: str) -> None:
   if os.path.exists(path) and os.path.isdir(os.path.join(workdir, "checkpoints")):
     with open(path) as f:
       saved = json.load(f)
+    if "data" in saved:  # keys added to config.data since (own data, normalisation) at their defaults
+      saved["data"] = {**json.loads(ml_collections.ConfigDict(run_config.data_defaults()).to_json()), **saved["data"]}
     if "model" in saved:
       saved["model"] = with_legacy_defaults(saved["model"])
       if not saved["model"]["scan"] and config.model.get("scan", True):
@@ -80,13 +82,14 @@ class Run:
     self.rules = sharding.logical_rules(config)
     if config.batch_size % jax.process_count() or (config.batch_size // jax.process_count()) % jax.local_device_count():
       raise UserError(f"config.batch_size={config.batch_size} must be divisible by the {jax.device_count()} devices")
-    data_dir = os.path.expanduser(config.data.data_dir)
     if jax.process_index() == 0:  # one writer; the others wait for it
       pipeline.prepare_data(config.data)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("vlm_jax: data prepared")
-    self.tokenizer = tokenizer_lib.load_tokenizer(config.data.tokenizer, data_dir, config.data.builder_config,
-                                                  dataset=config.data.name)
+    # The workdir's own copy when it has checkpoints (a resumed run, an evaluation after the prepared data is gone).
+    has_checkpoints = os.path.isdir(os.path.join(self.workdir, "checkpoints"))
+    self.tokenizer = (tokenizer_lib.load_for_workdir(self.workdir, config.data) if has_checkpoints
+                      else tokenizer_lib.load_for_config(config.data))
     self.model_module = models.get(config.model.name)
     self.model = models.build_model(config.model, vocab_size=self.tokenizer.vocab_size,
                                     max_len=config.data.max_text_len, eos_id=self.tokenizer.eos_id,

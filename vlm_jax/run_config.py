@@ -16,13 +16,9 @@ import ml_collections
 # The parser behind ml_collections' DEFINE_config_file, so `--config` and load_config read a file alike.
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
+from vlm_jax.data.image_text import source_defaults
 from vlm_jax.errors import UserError
 
-# config.data.name -> the kinds of training batches (data.pipeline.TASKS) it can give; a model trains on
-# its DATA_TASK.
-DATASET_TASKS = {"shapes": ("contrastive_caption", "vqa"), "fashion_mnist_scenes": ("contrastive_caption", "vqa"),
-                 "fashion_mnist": ("classification",)}
-DATASET_NAMES = tuple(DATASET_TASKS)
 CONTRASTIVE_LOSSES = ("", "softmax", "sigmoid")
 
 # Logical axis -> mesh axis (None: replicated). FSDP shards the model width; tensor parallelism the MLP,
@@ -65,6 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
       tokenizer="sentencepiece", image_size=32, max_text_len=16, vqa_caption_prob=0.2,
       canonical_caption_prob=0.4, on_bad_record="skip",
       fashion_mnist_dir=""))  # "" = $VLM_JAX_FASHION_MNIST_DIR or Debian's /usr/share/datasets/fashion-mnist
+  c.data.update(data_defaults())
 
   c.model = ml_collections.ConfigDict(dict(
       # scan: the blocks as one nn.scan (compile time flat in depth; params stacked on a "layers" axis);
@@ -107,8 +104,26 @@ def base_config() -> ml_collections.ConfigDict:
   c.evals = ml_collections.ConfigDict()
   c.eval = ml_collections.ConfigDict(dict(
       split="test", periodic_split="validation", extra_splits=("compositional",), batch_size=500,
-      max_decode_len=16))
+      max_decode_len=16, at_end=True))  # at_end=False: no final scores (a run whose point is not its scores)
   return c
+
+
+def data_defaults() -> dict:
+  """The config.data keys of the image pipeline and the user's own data (the scenes datasets use the first two
+  and leave the others at their defaults)."""
+  return dict(
+      normalization="siglip",   # image input: "siglip" = [-1, 1] (every run before this key), "clip" = mean/std
+      num_threads=0,            # grain threads for training batches (0 = 2, the 2-core default)
+      source=ml_collections.ConfigDict(source_defaults()),
+      # Mixing several sources: config.data.sources.NAME = dict(format=..., annotations=..., weight=w).
+      sources=ml_collections.ConfigDict(),
+      max_image_pixels=0,       # refuse larger images from their header (0 = 89 478 485, Pillow's limit)
+      stored_image_size=0,      # the shorter side images are prepared at (0 = 8/7 of image_size)
+      train_crop="random_resized",  # or "center": the training image of the user's own data
+      crop_scale=(0.35, 1.0),   # random_resized: the area range of the crop
+      vocab_size=0,             # a SentencePiece model trained on own captions (0 = 4000, an upper bound)
+      class_names=(),           # zero-shot on own data: the classes (default: every label of the split)
+      prepare_workers=0)        # image-decoding threads while preparing (0 = the CPU count)
 
 
 def _positive(config, key):
@@ -131,8 +146,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
                     f"config.grad_accum_steps={config.grad_accum_steps}")
   if config.nonfinite not in ("stop", "skip"):
     raise UserError(f"config.nonfinite={config.nonfinite!r}: expected 'stop' or 'skip'")
-  if config.data.name not in DATASET_NAMES:
-    raise UserError(f"config.data.name={config.data.name!r} is not a known dataset; expected one of {DATASET_NAMES}")
   if config.data.image_size % config.model.vision.patch_size:
     raise UserError(f"config.data.image_size={config.data.image_size} is not divisible by "
                     f"config.model.vision.patch_size={config.model.vision.patch_size}")
@@ -164,11 +177,13 @@ def _validate_for_model(config) -> None:
   """What the model's module declares: batches the dataset can give, loss terms, evaluators."""
   # Here, not at the top: config files import this module, and the models import jax.
   from vlm_jax import losses, models  # noqa: PLC0415
+  from vlm_jax.data import datasets  # noqa: PLC0415
   from vlm_jax.evaluators import specs  # noqa: PLC0415
   name = config.model.name
   model = models.get(name)
-  if model.DATA_TASK not in DATASET_TASKS[config.data.name]:
-    fitting = [d for d, tasks in DATASET_TASKS.items() if model.DATA_TASK in tasks]
+  datasets.get(config.data).check_config()  # e.g. the user's own data without a source: which flags to pass
+  if model.DATA_TASK not in datasets.tasks(config.data.name):
+    fitting = [d for d in datasets.NAMES if model.DATA_TASK in datasets.tasks(d)]
     raise UserError(f"config.model.name={name!r} cannot train on config.data.name={config.data.name!r}: it trains "
                     f"on {model.DATA_TASK!r} batches, which only {fitting} give")
   terms = [losses.TERMS[t] for t in model.LOSS_TERMS]

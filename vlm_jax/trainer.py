@@ -171,7 +171,8 @@ def initialize_from(params, shardings, init_from, image_size=None) -> dict:
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains for config.total_steps (resuming if DIR holds checkpoints), then scores the test split."""
+  """Trains for config.total_steps (resuming if DIR holds checkpoints), then scores the test split (unless
+  config.eval.at_end is False); returns the scores written to DIR/eval.json ({} without them)."""
   run_lib.check_same_model(config, run_lib.prepare_workdir(workdir))
   run = run_lib.Run(config, workdir, for_training=True)
   workdir, is_main = run.workdir, jax.process_index() == 0
@@ -257,13 +258,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
         window_start, window_steps = time.time(), 0
     train_seconds = time.time() - train_start
     run.checkpoints.wait()
-    scores = evaluation.evaluate_splits(evaluator, state.params, config)
+    scores = evaluation.evaluate_splits(evaluator, state.params, config) if config.eval.at_end else None
   run.checkpoints.close()
-  if is_main:
+  if is_main and scores is None:
+    print(f"trained {step - start_step} steps in {_format_duration(train_seconds)}; no final evaluation "
+          "(config.eval.at_end=False)", flush=True)
+  elif is_main:
     path = evaluation.write_eval_json(workdir, step, scores)
     writer.write(step, {f"{config.eval.split}/{k}": v for k, v in scores.items()})
     print(f"trained {step - start_step} steps in {_format_duration(train_seconds)}; "
           f"held-out {config.eval.split} scores (written to {path}):\n" + evaluation.format_metrics(scores),
           flush=True)
   writer.close()
-  return scores
+  return scores if scores is not None else {}

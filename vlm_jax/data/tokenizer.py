@@ -1,7 +1,9 @@
-"""Tokenizers: SentencePiece trained on the dataset's own captions, or raw bytes.
+"""Tokenizers: SentencePiece trained on the dataset's own captions, raw bytes, or an existing one ("hf:DIR").
 
-Both share the special ids pad=0, bos=1, eos=2, so models and pipelines never need to know which
-one they were given. `encode` never adds BOS/EOS; `tokenize` does, with padding and truncation.
+The trained ones and the byte tokenizer share the special ids pad=0, bos=1, eos=2; an existing tokenizer
+(config.data.tokenizer = "hf:DIR": DIR/tokenizer.json through the `tokenizers` package, or DIR/tokenizer.model,
+SentencePiece) declares its own, and models and pipelines read them from the tokenizer's pad_id / bos_id /
+eos_id, never assume them. `encode` never adds BOS/EOS; `tokenize` does, with padding and truncation.
 """
 
 import io
@@ -12,15 +14,15 @@ from typing import Iterable, Protocol, Sequence
 import numpy as np
 import sentencepiece as spm
 
-from vlm_jax.data import fashion_mnist_tfds, shapes_tfds
+from vlm_jax.data import datasets
 from vlm_jax.errors import UserError
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 # The SentencePiece model, under each builder's own data_dir and copied into every training workdir.
 TOKENIZER_FILENAME = "tokenizer.model"
 OLD_TOKENIZER_FILENAMES = ("shapes_tokenizer.model",)  # what data prepared before was given, for any dataset
-# config.data.name -> the module of its tfds builder (None: no texts, so no SentencePiece model).
-DATASET_BUILDERS = {"shapes": shapes_tfds, "fashion_mnist_scenes": fashion_mnist_tfds, "fashion_mnist": None}
+HF_PREFIX = "hf:"
+HF_TOKENIZER_FILENAME = "tokenizer.json"  # an existing tokenizer copied into a workdir keeps its file name
 
 
 class Tokenizer(Protocol):
@@ -37,13 +39,13 @@ class Tokenizer(Protocol):
     """Text of ids, stopping at the first EOS and skipping pad/BOS."""
 
 
-def _content_ids(ids: Iterable[int]) -> list[int]:
+def _content_ids(ids: Iterable[int], pad_id: int = PAD_ID, bos_id: int = BOS_ID, eos_id: int = EOS_ID) -> list[int]:
   """ids up to the first EOS, without pad and BOS."""
   content = []
   for i in (int(i) for i in ids):
-    if i == EOS_ID:
+    if i == eos_id:
       break
-    if i not in (PAD_ID, BOS_ID):
+    if i not in (pad_id, bos_id):
       content.append(i)
   return content
 
@@ -63,15 +65,23 @@ class ByteTokenizer:
 
 
 class SentencePieceTokenizer:
-  """A SentencePiece model file with pad=0, bos=1, eos=2, unk=3 (see train_sentencepiece)."""
-  pad_id, bos_id, eos_id = PAD_ID, BOS_ID, EOS_ID
+  """A SentencePiece model file; the special ids are the model's (pad=0, bos=1, eos=2, unk=3 for the models
+  train_sentencepiece writes; a model without a pad id pads with its unk id)."""
 
   def __init__(self, model_path: str):
     if not os.path.exists(model_path):
       raise UserError(f"SentencePiece model not found: {model_path}")
     self.model_path = model_path
-    self._sp = spm.SentencePieceProcessor(model_file=model_path)
+    try:
+      self._sp = spm.SentencePieceProcessor(model_file=model_path)
+    except (RuntimeError, OSError) as e:
+      raise UserError(f"{model_path} is not a SentencePiece model ({str(e).splitlines()[0][:120]})") from None
     self.vocab_size = self._sp.get_piece_size()
+    sp = self._sp
+    self.bos_id, self.eos_id = sp.bos_id(), sp.eos_id()
+    self.pad_id = sp.pad_id() if sp.pad_id() >= 0 else max(sp.unk_id(), 0)
+    if self.bos_id < 0 or self.eos_id < 0:
+      raise UserError(f"SentencePiece model {model_path} has no BOS or EOS piece; the models need both")
 
   def encode(self, text: str) -> list[int]:
     """SentencePiece ids of text."""
@@ -79,15 +89,53 @@ class SentencePieceTokenizer:
 
   def decode(self, ids: Iterable[int]) -> str:
     """Inverse of encode; stops at EOS."""
-    return self._sp.decode(_content_ids(ids))
+    return self._sp.decode(_content_ids(ids, self.pad_id, self.bos_id, self.eos_id))
 
 
-def train_sentencepiece(texts: Iterable[str], model_prefix: str, vocab_size: int = 256) -> str:
+class HFTokenizer:
+  """A Hugging Face tokenizer.json (the `tokenizers` package): an existing LM's vocabulary.
+
+  BOS / EOS / pad are found among its special tokens by their usual spellings; one missing is a UserError
+  (BOS and EOS are needed) or, for pad, the EOS id.
+  """
+  BOS = ("<s>", "<|begin_of_text|>", "<bos>", "[CLS]", "<|startoftext|>", "<|im_start|>")
+  EOS = ("</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>", "[SEP]", "<|eot_id|>", "<|im_end|>")
+  PAD = ("<pad>", "[PAD]", "<|pad|>", "<|finetune_right_pad_id|>")
+
+  def __init__(self, path: str):
+    try:
+      import tokenizers  # noqa: PLC0415
+    except ImportError:
+      raise UserError(f"{path} needs the `tokenizers` package (pip install tokenizers), or give a directory "
+                      "with a SentencePiece tokenizer.model") from None
+    self.model_path = path
+    try:
+      self._tok = tokenizers.Tokenizer.from_file(path)
+    except Exception as e:  # the Rust library raises its own exception type
+      raise UserError(f"{path} is not a tokenizer.json ({str(e).splitlines()[0][:120]})") from None
+    self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+    find = lambda names: next((i for i in map(self._tok.token_to_id, names) if i is not None), None)
+    self.bos_id, self.eos_id, self.pad_id = find(self.BOS), find(self.EOS), find(self.PAD)
+    if self.bos_id is None or self.eos_id is None:
+      raise UserError(f"{path}: no BOS or EOS token among {self.BOS} / {self.EOS}; the models need both")
+    if self.pad_id is None:
+      self.pad_id = self.eos_id
+
+  def encode(self, text: str) -> list[int]:
+    return self._tok.encode(text, add_special_tokens=False).ids
+
+  def decode(self, ids: Iterable[int]) -> str:
+    return self._tok.decode(_content_ids(ids, self.pad_id, self.bos_id, self.eos_id))
+
+
+def train_sentencepiece(texts: Iterable[str], model_prefix: str, vocab_size: int = 256,
+                        model_type: str = "word") -> str:
   """Trains a word-level SentencePiece model on texts, saves model_prefix + '.model', returns it.
 
   The shapes captions use a closed vocabulary, so a word model gives every word exactly one
   token. The texts are deduplicated and sorted and training is single-threaded, so the same texts
   always give a byte-identical model. vocab_size is an upper bound (hard_vocab_limit=False).
+  model_type "unigram" (subwords, for real captions: no word is unknown at test time) is the other choice.
   """
   model = io.BytesIO()
   # Through model_writer the file does not record model_prefix, so the bytes don't depend on
@@ -95,7 +143,7 @@ def train_sentencepiece(texts: Iterable[str], model_prefix: str, vocab_size: int
   spm.SentencePieceTrainer.train(
       sentence_iterator=iter(sorted(set(texts))),
       model_writer=model,
-      model_type="word",
+      model_type=model_type,
       vocab_size=vocab_size,
       hard_vocab_limit=False,
       pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID, unk_id=UNK_ID,
@@ -125,46 +173,80 @@ def tokenizer_path(directory: str) -> str | None:
 
 def load_tokenizer(kind: str, data_dir: str, builder_config: str = "default",
                    dataset: str = "shapes") -> Tokenizer:
-  """The tokenizer named by kind ('sentencepiece' or 'byte') for a prepared dataset.
+  """The tokenizer named by kind ('sentencepiece', 'byte' or 'hf:DIR') for a prepared tfds dataset.
 
-  dataset: config.data.name, the builder whose data_dir holds the SentencePiece model.
+  dataset: config.data.name, the builder whose data_dir holds the SentencePiece model. For a dataset whose
+  builder needs more of config.data (image_text), use load_for_config.
   """
-  if dataset not in DATASET_BUILDERS:
-    raise UserError(f"unknown dataset config.data.name={dataset!r}; expected one of {list(DATASET_BUILDERS)}")
+  import ml_collections  # noqa: PLC0415
+  return load_for_config(ml_collections.ConfigDict(dict(name=dataset, data_dir=data_dir, builder_config=builder_config,
+                                                        tokenizer=kind)))
+
+
+def load_existing(kind: str) -> Tokenizer:
+  """config.data.tokenizer = "hf:DIR": DIR/tokenizer.json (`tokenizers`), else DIR/tokenizer.model (SentencePiece);
+  DIR may also be the file itself."""
+  path = os.path.expanduser(kind[len(HF_PREFIX):])
+  if os.path.isdir(path):
+    for name in (HF_TOKENIZER_FILENAME, TOKENIZER_FILENAME):
+      if os.path.isfile(os.path.join(path, name)):
+        path = os.path.join(path, name)
+        break
+    else:
+      raise UserError(f"config.data.tokenizer={kind!r}: no {HF_TOKENIZER_FILENAME} or {TOKENIZER_FILENAME} in {path}")
+  if not os.path.isfile(path):
+    raise UserError(f"config.data.tokenizer={kind!r}: {path} does not exist")
+  return HFTokenizer(path) if path.endswith(".json") else SentencePieceTokenizer(path)
+
+
+def load_for_config(data_config) -> Tokenizer:
+  """The tokenizer config.data names: "byte", "hf:DIR", or "sentencepiece" (the prepared dataset's own)."""
+  kind = data_config.tokenizer
+  builder = datasets.get(data_config)
   if kind == "byte":
     return ByteTokenizer()
+  if kind.startswith(HF_PREFIX):
+    return load_existing(kind)
   if kind != "sentencepiece":
-    raise UserError(f"unknown tokenizer {kind!r}; expected 'sentencepiece' or 'byte'")
-  if DATASET_BUILDERS[dataset] is None:
-    raise UserError(f"config.data.name={dataset!r} has labels, not texts, so no SentencePiece model; "
+    raise UserError(f"unknown tokenizer config.data.tokenizer={kind!r}; expected 'sentencepiece', 'byte' or 'hf:DIR'")
+  directory = builder.tokenizer_dir()
+  if directory is None:
+    raise UserError(f"config.data.name={data_config.name!r} has labels, not texts, so no SentencePiece model; "
                     f"use config.data.tokenizer='byte'")
-  builder = DATASET_BUILDERS[dataset].make_builder(data_dir, builder_config)
-  path = tokenizer_path(builder.data_dir)
+  path = tokenizer_path(directory)
   if path is None:
-    prepare = (f"vlm_jax.data.pipeline.prepare_shapes({data_dir!r}, {builder_config!r})" if dataset == "shapes"
-               else "vlm_jax.data.pipeline.prepare_data(config.data)")
-    raise UserError(f"no SentencePiece model at {os.path.join(builder.data_dir, TOKENIZER_FILENAME)}; "
-                    f"prepare the data first ({prepare})")
+    raise UserError(f"no SentencePiece model at {os.path.join(directory, TOKENIZER_FILENAME)}; "
+                    f"prepare the data first (vlm_jax.data.pipeline.prepare_data(config.data))")
   return SentencePieceTokenizer(path)
 
 
+def _workdir_file(tokenizer) -> str:
+  return HF_TOKENIZER_FILENAME if isinstance(tokenizer, HFTokenizer) else TOKENIZER_FILENAME
+
+
 def save_to_workdir(tokenizer: Tokenizer, workdir: str) -> None:
-  """Copies a SentencePiece model into the workdir, so that the workdir alone is enough for inference."""
-  if isinstance(tokenizer, SentencePieceTokenizer):
-    path = os.path.join(workdir, TOKENIZER_FILENAME)
+  """Copies a SentencePiece model or tokenizer.json into the workdir, so that the workdir alone is enough for
+  inference and evaluation."""
+  if isinstance(tokenizer, (SentencePieceTokenizer, HFTokenizer)):
+    path = os.path.join(workdir, _workdir_file(tokenizer))
+    if os.path.abspath(tokenizer.model_path) == os.path.abspath(path):
+      return
     tmp_path = f"{path}.tmp{os.getpid()}"
     shutil.copyfile(tokenizer.model_path, tmp_path)
     os.replace(tmp_path, path)  # never a half-copied model beside a checkpoint
 
 
 def load_for_workdir(workdir: str, data_config) -> Tokenizer:
-  """The tokenizer a training workdir was trained with: its own copy of the SentencePiece model, or for
-  workdirs trained before they kept one, the prepared data's (config.data)."""
-  path = os.path.join(workdir, TOKENIZER_FILENAME)
-  if data_config.tokenizer == "sentencepiece" and os.path.exists(path):
-    return SentencePieceTokenizer(path)
-  return load_tokenizer(data_config.tokenizer, os.path.expanduser(data_config.data_dir), data_config.builder_config,
-                        dataset=data_config.name)
+  """The tokenizer a training workdir was trained with: its own copy (of the SentencePiece model or of the
+  hf:DIR tokenizer), or for workdirs trained before they kept one, the prepared data's (config.data)."""
+  kind = data_config.tokenizer
+  if kind == "sentencepiece" and os.path.exists(os.path.join(workdir, TOKENIZER_FILENAME)):
+    return SentencePieceTokenizer(os.path.join(workdir, TOKENIZER_FILENAME))
+  if kind.startswith(HF_PREFIX):
+    for name in (HF_TOKENIZER_FILENAME, TOKENIZER_FILENAME):
+      if os.path.exists(os.path.join(workdir, name)):
+        return load_existing(HF_PREFIX + os.path.join(workdir, name))
+  return load_for_config(data_config)
 
 
 def tokenize(tokenizer: Tokenizer, text: str, max_len: int) -> tuple[np.ndarray, bool]:

@@ -59,10 +59,11 @@ def build_model(config, *, vocab_size: int, max_len: int, eos_id: int, pad_id: i
 
 def sample_batch(features, batch_size: int, image_size: int, max_len: int) -> dict:
   """A batch of zeros with each feature's shape, what `model.init` traces: float32 image [B, S, S, 3],
-  int32 text and caption [B, T] starting with BOS (id 1), int32 prefix_len [B] of 1, int32 label [B]."""
+  int32 text and caption [B, T] starting with BOS (id 1), int32 prefix_len [B] of 1, int32 label [B], int32
+  answer_mask [B, T] of zeros."""
   shapes = {"image": ((batch_size, image_size, image_size, 3), np.float32), "text": ((batch_size, max_len), np.int32),
             "caption": ((batch_size, max_len), np.int32), "prefix_len": ((batch_size,), np.int32),
-            "label": ((batch_size,), np.int32)}
+            "label": ((batch_size,), np.int32), "answer_mask": ((batch_size, max_len), np.int32)}
   batch = {name: np.zeros(*shapes[name]) for name in features}
   for name in ("text", "caption"):
     if name in batch:

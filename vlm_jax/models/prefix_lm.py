@@ -13,7 +13,7 @@ from vlm_jax.errors import UserError
 from vlm_jax.models import layers, projector, text, towers, vit
 
 # What the rest of vlm_jax needs to know (models/__init__.py lists these declarations).
-FEATURES = ("image", "text", "prefix_len")
+FEATURES = ("image", "text", "prefix_len", "answer_mask")  # answer_mask: the positions the loss predicts
 DATA_TASK = "vqa"  # captions are the answers to data.pipeline.DESCRIBE_PROMPT
 LOSS_TERMS = ("answer",)
 EVAL_TYPES = ("captioning", "vqa", "pope")
