@@ -83,7 +83,7 @@ def get_config(arg=None):
   config.model.scan = True
 
   config.data.name = "image_text"
-  config.data.source = dict(format="llava", annotations="", images="")
+  config.data.source.format = "llava"
   config.data.tokenizer = "hf:" + args["lm"]
   config.loss.contrastive = ""
   config.loss.caption_weight = 1.0

@@ -4,11 +4,12 @@ requirements-test.txt).
 The tiny HF fixtures (tests/fixtures/hf/llava_clip_vision: a CLIPVisionModel, llava_llama: a Llama over vlm_jax's
 byte vocabulary with its tokenizer.json; scripts/make_hf_fixtures.py) go through configs/llava_hf.py: stage 1
 (init_from hf:, projector trained) then stage 2 (from stage 1, projector and Llama trained), two steps each on
-shapes; `python -m vlm_jax.export` writes a LlavaForConditionalGeneration directory; transformers loads it with
+a tiny LLaVA-format set; `python -m vlm_jax.export` writes a LlavaForConditionalGeneration directory; transformers loads it with
 AutoProcessor and must compute the same logits (HF_PARITY_ATOL) and greedily generate the same answer as
 vlm_jax.predict.
 """
 
+import json
 import os
 
 import jax
@@ -19,7 +20,7 @@ import transformers
 from PIL import Image
 
 from vlm_jax import checkpointing, export, inference, pretrained, run_config, trainer
-from vlm_jax.data import pipeline
+from vlm_jax.data import pipeline, shapes
 from tolerances import HF_PARITY_ATOL  # tests/ is on sys.path under pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,31 +30,44 @@ PROMPT = "what color?"
 N_IMAGE = 16  # 32 px images, 8 px patches
 
 
+def write_llava_data(root) -> dict:
+  """A tiny LLaVA-format set: 24 shapes scenes saved as 32 px PNGs, each a one-turn conversation (its first
+  question and answer, the "<image>" placeholder first) -> config.data.source fields."""
+  images = root / "llava_images"
+  images.mkdir()
+  records = []
+  for index in range(24):
+    example = shapes.make_example(0, "train", index)
+    example["image"].convert("RGB").save(images / f"{index}.png")
+    records.append({"id": str(index), "image": f"{index}.png", "conversations": [
+        {"from": "human", "value": "<image>\n" + example["questions"][0]},
+        {"from": "gpt", "value": example["answers"][0]}]})
+  (root / "llava.json").write_text(json.dumps(records))
+  return dict(annotations=str(root / "llava.json"), images=str(images))
+
+
 def llava_config(dirs: dict, stage: str):
-  """configs/llava_hf.py on the fixtures, made tiny: shapes captions/VQA with the byte tokenizer (the ids of
-  the fixture's tokenizer.json), float32, 2 steps of batch 8, one evaluator; the recipe's learning rates, which
-  leave the random fixture Llama writing varied tokens (a higher rate collapses it to EOS, and an empty answer
-  would compare nothing)."""
+  """configs/llava_hf.py on the fixtures as it is (image_text llava data, the LM's tokenizer.json, the
+  normalisation and size of the tower's preprocessor_config.json), made tiny: float32, 2 steps of batch 8, no
+  evaluation; the recipe's learning rates, which leave the random fixture Llama writing varied tokens (a higher
+  rate collapses it to EOS, and an empty answer would compare nothing)."""
   arg = f"vision={VISION},lm={LM},stage={stage}" + (f",stage1={dirs['stage1']}" if stage == "2" else "")
   config = run_config.load_config(os.path.join(REPO, "configs", "llava_hf.py") + ":" + arg)
-  # Until the own-data issue's image_text source and hf: tokenizers land, the shapes data stands in for them.
-  config.data.name, config.data.builder_config, config.data.data_dir = "shapes", "tiny", dirs["data"]
-  config.data.tokenizer = "byte"
-  for key in ("source", "normalize", "image_mean", "image_std"):
-    del config.data[key]  # [-1, 1] images: the fixture's preprocessor_config.json says mean = std = 0.5
+  config.data.source.update(dirs["source"])
+  config.data.data_dir = dirs["prepared"]
   config.data.max_text_len = 24
   config.model.dtype = "float32"  # scan stays True (the recipe's layout; export reads the stacked blocks)
   config.batch_size, config.total_steps, config.log_every_steps, config.checkpoint_every_steps = 8, 2, 2, 2
-  config.eval.update(batch_size=64, extra_splits=(), max_decode_len=8)
-  config.evals.vqa = dict(type="vqa", every=0)
+  config.eval.update(at_end=False, max_decode_len=8)
   return config
 
 
 @pytest.fixture(scope="module")
-def runs(data_dir, tmp_path_factory):
+def runs(tmp_path_factory):
   """Stage 1, stage 2 and the export, once for the module."""
   root = tmp_path_factory.mktemp("llava_hf")
-  dirs = {"data": data_dir, "stage1": str(root / "stage1"), "stage2": str(root / "stage2"), "out": str(root / "hf")}
+  dirs = {"source": write_llava_data(root), "prepared": str(root / "prepared"), "stage1": str(root / "stage1"),
+          "stage2": str(root / "stage2"), "out": str(root / "hf")}
   trainer.train_and_evaluate(llava_config(dirs, "1"), dirs["stage1"])
   trainer.train_and_evaluate(llava_config(dirs, "2"), dirs["stage2"])
   assert export.main(["--workdir", dirs["stage2"], "--out", dirs["out"]]) == 0
@@ -94,7 +108,7 @@ def test_transformers_llava_computes_the_same_logits_and_answers(runs):
     inputs = processor(images=Image.open(path), text=text, return_tensors="pt")
     image_id = model.config.image_token_index
     assert inputs["input_ids"][0].tolist() == [image_id] * N_IMAGE + prompt.tolist()  # the chat template's tokens
-    pixels = inference.load_image(path, restored.config.data.image_size)
+    pixels = inference.load_image(path, restored.config.data.image_size, restored.config.data.normalization)
     np.testing.assert_allclose(inputs["pixel_values"][0].permute(1, 2, 0).numpy(), pixels, atol=1e-6)
 
     with torch.no_grad():

@@ -46,7 +46,8 @@ VISION_DEFAULTS = {"clip": CLIP_VISION_DEFAULTS, "siglip": SIGLIP_VISION_DEFAULT
 MODEL_TYPES = {"clip": "CLIPModel", "siglip": "SiglipModel", "llama": LLAMA, "clip_vision_model": "CLIPVisionModel",
                "siglip_vision_model": "SiglipVisionModel"}
 
-# The images' normalisation by name (config.data.normalize): per-channel mean and std after scaling to [0, 1].
+# The images' normalisation by name (config.data.normalization, vlm_jax.data.images): per-channel mean and std
+# after scaling to [0, 1].
 NORMALIZATIONS = {"clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
                   "siglip": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
 PREPROCESSOR = "preprocessor_config.json"
@@ -113,12 +114,12 @@ def vision_tower(directory: str) -> tuple:
 
 
 def preprocessing(directory: str, kind: str, image_size: int) -> dict:
-  """The vision tower's image preprocessing from preprocessor_config.json: {image_size, normalize, image_mean,
-  image_std}; without the file, the tower's config.json size and its family's usual normalisation."""
+  """The vision tower's image preprocessing from preprocessor_config.json: {image_size, normalization} (the crop
+  size, else the size; config.data.normalization "clip" or "siglip", told apart by the mean and std); without the
+  file, the tower's config.json size and its family's normalisation."""
   path = os.path.join(directory, PREPROCESSOR)
   if not os.path.isfile(path):
-    mean, std = NORMALIZATIONS[kind]
-    return dict(image_size=image_size, normalize=kind, image_mean=mean, image_std=std)
+    return dict(image_size=image_size, normalization=kind)
   pre = read_config(directory, PREPROCESSOR)
   size = pre.get("crop_size") if pre.get("do_center_crop", kind == "clip") else pre.get("size")
   if isinstance(size, dict):
@@ -129,8 +130,8 @@ def preprocessing(directory: str, kind: str, image_size: int) -> dict:
            if max(abs(a - b) for a, b in zip(m + s, mean + std)) < 1e-6]
   if not named:
     raise UserError(f"{path}: image_mean {list(mean)} / image_std {list(std)} are neither CLIP's nor SigLIP's "
-                    f"normalisation (config.data.normalize is one of {sorted(NORMALIZATIONS)})")
-  return dict(image_size=int(size or image_size), normalize=named[0], image_mean=mean, image_std=std)
+                    f"normalisation (config.data.normalization is one of {sorted(NORMALIZATIONS)})")
+  return dict(image_size=int(size or image_size), normalization=named[0])
 
 
 def set_llava_model(config, vision_dir: str, lm_dir: str) -> dict:
@@ -178,8 +179,7 @@ def set_llava_model(config, vision_dir: str, lm_dir: str) -> dict:
   # and columns; vlm_jax patchifies whole multiples of the patch, so the same 729 patches come from 378 px.
   pre["image_size"] -= pre["image_size"] % vision["patch_size"]
   config.data.image_size = pre["image_size"]
-  config.data.normalize = pre["normalize"]
-  config.data.image_mean, config.data.image_std = pre["image_mean"], pre["image_std"]
+  config.data.normalization = pre["normalization"]
   n_image = (pre["image_size"] // vision["patch_size"]) ** 2
   config.data.max_text_len = min(2048, lm["max_position_embeddings"]) - n_image
   if config.data.max_text_len < 2:

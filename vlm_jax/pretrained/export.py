@@ -41,8 +41,8 @@ CHAT_TEMPLATE = (
     "{%- endif -%}{%- endfor -%}{%- endif -%}"
     "{%- if message['role'] == 'assistant' -%}{{ eos_token }}{%- endif -%}"
     "{%- endfor -%}")
-# vlm_jax.inference.load_image resizes with PIL's bilinear filter (PIL.Image.Resampling.BILINEAR = 2).
-PIL_BILINEAR = 2
+# vlm_jax.data.images.resize_shorter resizes with PIL's bicubic filter (PIL.Image.Resampling.BICUBIC = 3).
+PIL_BICUBIC = 3
 
 
 def _loop_layout(tree) -> bool:
@@ -96,19 +96,15 @@ def vision_tower(vision, image_size: int, two_tower: bool, embed_dim: int = 0) -
   return module, kind, config
 
 
-def _preprocessor(kind: str, data) -> dict:
-  """The image processor's config: what vlm_jax's predict does to an image (resize to image_size, the
-  config's normalisation; CLIP: shorter side then centre crop)."""
-  name = data.get("normalize", "siglip") or "siglip"
-  mean, std = hf_configs.NORMALIZATIONS.get(name, hf_configs.NORMALIZATIONS["siglip"])
-  mean, std = tuple(data.get("image_mean", mean)), tuple(data.get("image_std", std))
+def _preprocessor(data) -> dict:
+  """The image processor's config: what vlm_jax's predict does to an image (vlm_jax.data.images.eval_crop: the
+  shorter side resized to image_size, bicubic, the centre square; then config.data.normalization)."""
+  mean, std = hf_configs.NORMALIZATIONS[data.get("normalization", "siglip") or "siglip"]
   size = data.image_size
-  config = dict(do_resize=True, resample=PIL_BILINEAR, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
-                image_mean=list(mean), image_std=list(std), do_convert_rgb=True)
-  if kind == "clip":
-    return dict(config, image_processor_type="CLIPImageProcessor", size={"shortest_edge": size},
-                crop_size={"height": size, "width": size}, do_center_crop=True)
-  return dict(config, image_processor_type="SiglipImageProcessor", size={"height": size, "width": size})
+  return dict(image_processor_type="CLIPImageProcessor", do_resize=True, size={"shortest_edge": size},
+              resample=PIL_BICUBIC, do_center_crop=True, crop_size={"height": size, "width": size}, do_rescale=True,
+              rescale_factor=1 / 255, do_normalize=True, image_mean=list(mean), image_std=list(std),
+              do_convert_rgb=True)
 
 
 # ------------------------------------------------------------------------------------------- language model
@@ -218,7 +214,7 @@ def export_llava(workdir: str, config, read_params, tokenizer, out: str) -> str:
                                                   max_new_tokens=int(config.eval.max_decode_len)))
   hf_tokenizer.write(out, tokenizer_json, bos=files["bos"], eos=files["eos"], pad=files["pad"],
                      extra_special=[IMAGE_TOKEN], chat_template=CHAT_TEMPLATE, processor_class="LlavaProcessor")
-  preprocessor = _preprocessor(kind, config.data)
+  preprocessor = _preprocessor(config.data)
   _write_json(out, "preprocessor_config.json", dict(preprocessor, processor_class="LlavaProcessor"))
   _write_json(out, "processor_config.json", dict(
       processor_class="LlavaProcessor", image_processor=preprocessor, image_token=IMAGE_TOKEN,
@@ -259,7 +255,7 @@ def export_two_tower(workdir: str, config, read_params, tokenizer, out: str) -> 
   links = vision_module.links(clip, config.data.image_size, not _loop_layout(params))
   _check_covered(params, links, "two-tower model as a CLIPModel")
   checkpoint_io.write_checkpoint(out, clip, mapping.export_params(links, params, hf_clip.ARCHITECTURE))
-  _write_json(out, "preprocessor_config.json", _preprocessor(kind, config.data))
+  _write_json(out, "preprocessor_config.json", _preprocessor(config.data))
   try:
     files = tokenizer_files(workdir, config, tokenizer)
   except UserError as e:
