@@ -5,7 +5,11 @@ For each kind it saves config.json + model.safetensors (save_pretrained) and exp
 fixed inputs and what transformers returns for them. Then it checks the export path end to end:
 vlm_jax's from_hf -> to_hf -> transformers from_pretrained must reproduce the same outputs.
 
-    nice -n 19 /work/venv/bin/python scripts/make_hf_fixtures.py [--out tests/fixtures/hf]
+    nice -n 19 /work/venv-torch/bin/python scripts/make_hf_fixtures.py [--out tests/fixtures/hf] [--only KIND,...]
+
+The LLaVA parts (llava_clip_vision: a CLIPVisionModel with its preprocessor_config.json; llava_llama: a
+Llama with vlm_jax's byte tokenizer as tokenizer.json) are what tests/test_llava_hf.py trains a prefix-LM
+from and exports to transformers.
 """
 
 import argparse
@@ -17,6 +21,8 @@ import torch
 import transformers
 
 from vlm_jax import pretrained
+from vlm_jax.data import tokenizer as vlm_jax_tokenizer
+from vlm_jax.pretrained import hf_tokenizer
 
 IMAGE, PATCH, RESAMPLED_IMAGE = 48, 12, 60  # 4x4 patch grid; 5x5 when resampled
 TINY_TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
@@ -145,9 +151,52 @@ def check_export(directory: str, expected: dict, model_class) -> None:
     np.testing.assert_allclose(got, expected["resampled_image_features"], atol=1e-4)
 
 
+LLAVA_IMAGE, LLAVA_PATCH = 32, 8  # shapes' 32 px images: a 4x4 grid, 16 image tokens
+
+
+def llava_vision_model() -> transformers.CLIPVisionModel:
+  """A 3-layer CLIP vision tower (3, so that hidden_states[-2] is neither the first nor the last block)."""
+  return transformers.CLIPVisionModel(transformers.CLIPVisionConfig(
+      **dict(TINY_TOWER, num_hidden_layers=3), image_size=LLAVA_IMAGE, patch_size=LLAVA_PATCH))
+
+
+def llava_llama_model() -> transformers.LlamaForCausalLM:
+  """A 2-layer GQA Llama over vlm_jax's byte vocabulary (259 ids: pad 0, BOS 1, EOS 2, bytes)."""
+  return transformers.LlamaForCausalLM(llama_config(
+      vocab_size=vlm_jax_tokenizer.ByteTokenizer.vocab_size, bos_token_id=vlm_jax_tokenizer.BOS_ID,
+      eos_token_id=vlm_jax_tokenizer.EOS_ID, pad_token_id=vlm_jax_tokenizer.PAD_ID))
+
+
+def vision_expected(model, rng) -> dict:
+  """Every hidden state (HF's hidden_states: embeddings, then each block's output) of random images."""
+  pixels = rng.integers(0, 256, (2, LLAVA_IMAGE, LLAVA_IMAGE, 3), dtype=np.uint8)
+  with torch.no_grad():
+    out = model(pixel_values=nchw(normalise(pixels)), output_hidden_states=True)
+  return dict(pixels=pixels, hidden_states=np.stack([h.numpy() for h in out.hidden_states]).astype(np.float32))
+
+
+def save_llava_extras(directory: str, kind: str) -> None:
+  """The vision tower's preprocessor_config.json ([-1, 1] like vlm_jax's pipeline: mean = std = 0.5), the
+  Llama's tokenizer files (vlm_jax's byte tokenizer, checked against the `tokenizers` library)."""
+  if kind == "llava_clip_vision":
+    transformers.CLIPImageProcessor(size={"shortest_edge": LLAVA_IMAGE},
+                                    crop_size={"height": LLAVA_IMAGE, "width": LLAVA_IMAGE},
+                                    image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(directory)
+    return
+  hf_tokenizer.write(directory, hf_tokenizer.byte_tokenizer_json(), bos="<s>", eos="</s>", pad="<pad>")
+  import tokenizers  # noqa: PLC0415  (comes with transformers)
+  loaded = tokenizers.Tokenizer.from_file(os.path.join(directory, hf_tokenizer.TOKENIZER))
+  text = "a red circle left of a blue square? é ✓ <s></s>"
+  ours = vlm_jax_tokenizer.ByteTokenizer()
+  want = ours.encode("a red circle left of a blue square? é ✓ ") + [ours.bos_id, ours.eos_id]
+  assert loaded.encode(text).ids == want, "tokenizer.json does not encode as vlm_jax's ByteTokenizer"
+  assert loaded.decode(want[:-2]) == "a red circle left of a blue square? é ✓ "
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "hf"))
+  parser.add_argument("--only", default="", help="comma-separated kinds to make (default: all)")
   args = parser.parse_args()
   torch.manual_seed(0)
   kinds = {
@@ -168,9 +217,14 @@ def main():
                          tie_word_embeddings=True, head_dim=12, num_key_value_heads=1,
                          rope_parameters=dict(rope_type="default", rope_theta=500_000.0))),
                      lambda m, rng: llama_expected(m, rng, vocab=64), transformers.LlamaForCausalLM),
+      "llava_clip_vision": (llava_vision_model(), vision_expected, None),
+      "llava_llama": (llava_llama_model(), lambda m, rng: {}, None),
   }
   total = 0
+  only = set(filter(None, args.only.split(",")))
   for seed, (kind, (model, make_expected, model_class)) in enumerate(kinds.items()):
+    if only and kind not in only:
+      continue
     model.eval()
     randomize(model, seed)
     if getattr(model.config, "tie_word_embeddings", False):
@@ -178,10 +232,16 @@ def main():
     expected = make_expected(model, np.random.default_rng(seed))
     directory = os.path.join(args.out, kind)
     save(model, expected, directory)
-    check_export(directory, expected, model_class)
+    if model_class is None:  # LLaVA parts: tests/test_llava_hf.py checks them end to end
+      save_llava_extras(directory, kind)
+      if not expected:
+        os.remove(os.path.join(directory, "expected.npz"))
+    else:
+      check_export(directory, expected, model_class)
     size = sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory))
     total += size
-    print(f"{kind}: {size / 1024:.0f} KiB, export reloads in transformers {transformers.__version__}")
+    checked = "checked by tests/test_llava_hf.py" if model_class is None else "export reloads"
+    print(f"{kind}: {size / 1024:.0f} KiB, {checked} in transformers {transformers.__version__}")
   print(f"total {total / 1024:.0f} KiB")
 
 

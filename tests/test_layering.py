@@ -8,7 +8,8 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(REPO, "vlm_jax")
-ENTRY_MODULES = {"vlm_jax.train", "vlm_jax.evaluate", "vlm_jax.predict", "vlm_jax.benchmark", "vlm_jax.prepare"}
+ENTRY_MODULES = {"vlm_jax.train", "vlm_jax.evaluate", "vlm_jax.predict", "vlm_jax.benchmark", "vlm_jax.prepare",
+                 "vlm_jax.export"}
 
 
 def _modules() -> dict:
@@ -65,7 +66,9 @@ def test_entry_modules_are_imported_by_nothing_so_python_m_runs_them_once():
 
 
 def test_a_config_file_loads_without_jax():
+  hf = "tests/fixtures/hf"
   code = ("import sys; from vlm_jax import run_config; run_config.load_config('configs/shapes_coca.py'); "
+          f"run_config.load_config('configs/llava_hf.py:vision={hf}/llava_clip_vision,lm={hf}/llava_llama,stage=1'); "
           "print(sorted(m for m in ('jax', 'flax', 'tensorflow_datasets', 'grain') if m in sys.modules))")
   result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr

@@ -244,7 +244,7 @@ def test_gated_cross_attention_leaves_the_decoder_unchanged_at_init(scan):
 
 
 def test_vision_layer_reads_the_stacked_blocks_of_a_scanned_vit():
-  """vision_layer=-2 (LLaVA-1.5's choice here) takes the last block's tokens, before the final norm,
+  """vision_layer=-2 (LLaVA-1.5's choice here) takes the penultimate block's tokens (HF's hidden_states[-2]),
   from out["blocks"] with scan and from out["block_NN"] without; both the same numbers."""
   images = random_images(0, n=1)
   tokens = {}

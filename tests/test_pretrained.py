@@ -220,3 +220,96 @@ def test_bfloat16_checkpoints_are_read_as_float32(tmp_path):
   tensors = checkpoint_io.read_tensors(str(tmp_path))
   assert tensors["w"].dtype == np.float32
   np.testing.assert_array_equal(tensors["w"], values)
+
+
+# ------------------------------------------------------------------------------------------ LLaVA from HF parts
+# The end-to-end run (init_from hf:, two stages, export, transformers) is tests/test_llava_hf.py; these need
+# no torch.
+
+LLAVA_VISION, LLAVA_LM = fixture("llava_clip_vision"), fixture("llava_llama")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def llava_config(**text):
+  """configs/llava_hf.py's model on the LLaVA fixtures (vlm_jax.hf_configs.set_llava_model)."""
+  from vlm_jax import hf_configs, run_config
+  config = run_config.base_config()
+  hf_configs.set_llava_model(config, LLAVA_VISION, LLAVA_LM)
+  config.model.text.update(text)
+  config.data.max_text_len = 8
+  return config
+
+
+def test_vision_layer_minus_2_is_transformers_hidden_states_minus_2():
+  """LLaVA's vision_feature_layer=-2: the penultimate block's output (not the last block's), CLS dropped, read
+  through PrefixLM.image_tokens with an identity linear projector; vs the CLIPVisionModel fixture's outputs."""
+  import jax
+  from vlm_jax.models import prefix_lm, projector, towers
+  config = llava_config()
+  assert config.model.vision_layer == -2 and config.model.vision.depth == 3
+  vit = towers.build_vit(config.model.vision, np.float32)
+  width = config.model.vision.width
+  model = prefix_lm.PrefixLM(vision=vit, projector=projector.Projector(width, "linear"), decoder=None, vision_layer=-2)
+  params = {"vision": pretrained.read_params(LLAVA_VISION)[2]["vision"],
+            "projector": {"linear": {"kernel": np.eye(width, dtype=np.float32), "bias": np.zeros(width, np.float32)}}}
+  data = expected("llava_clip_vision")
+  tokens = jax.jit(lambda p, x: model.apply({"params": p}, x, method="image_tokens"))(params, normalise(data["pixels"]))
+  assert max_error(tokens, data["hidden_states"][-2][:, 1:]) < ATOL
+  assert max_error(tokens, data["hidden_states"][-1][:, 1:]) > 100 * ATOL  # the last block would be another layer
+
+
+def test_init_from_hf_names_a_parameter_whose_shape_differs():
+  import jax
+  from vlm_jax import models, trainer
+  config = llava_config(mlp_dim=48)  # the fixture Llama's MLP is 64 wide
+  model = models.build_model(config.model, vocab_size=259, max_len=8, eos_id=2, pad_id=0)
+  batch = models.sample_batch(models.get("prefix_lm").FEATURES, 1, config.data.image_size, 8)
+  params = meta_unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), batch))["params"])
+  params = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), params)
+  shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), params)
+  with pytest.raises(UserError, match=r"^config.init_from: decoder/transformer/blocks/mlp/down/kernel has shape "
+                                      r"\(2, 48, 32\) here but \(2, 64, 32\) in LlamaForCausalLM .*llava_llama$"):
+    trainer.initialize_from(params, shardings, (("decoder", "hf:" + LLAVA_LM, ""),), config.data.image_size)
+
+
+def meta_unbox(tree):
+  from flax.core import meta
+  return meta.unbox(tree)
+
+
+def write_workdir(tmp_path, config) -> str:
+  workdir = tmp_path / "workdir"
+  workdir.mkdir()
+  (workdir / "config.json").write_text(config.to_json())
+  return str(workdir)
+
+
+def test_export_refuses_what_transformers_cannot_represent_in_one_line(tmp_path, capsys):
+  """A sin-cos ViT with mean pooling (configs/shapes_clip.py): every reason named on one line, nothing written,
+  before any checkpoint is read."""
+  from vlm_jax import export, run_config
+  config = run_config.load_config(os.path.join(REPO, "configs", "shapes_clip.py"))
+  config.data.tokenizer = "byte"
+  out = str(tmp_path / "hf")
+  assert export.main(["--workdir", write_workdir(tmp_path, config), "--out", out]) == 1
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and err.startswith("vlm_jax.export: error: transformers cannot represent")
+  assert "posemb='sincos2d'" in err and "pool='gap'" in err
+  assert not os.path.exists(out)
+
+
+def test_export_refuses_a_model_without_a_transformers_class(tmp_path):
+  from vlm_jax import run_config
+  from vlm_jax.pretrained import export
+  config = run_config.load_config(os.path.join(REPO, "configs", "shapes_coca.py"))
+  with pytest.raises(UserError, match="cannot represent model coca"):
+    export.export_workdir(write_workdir(tmp_path, config), str(tmp_path / "hf"))
+
+
+def test_llava_hf_config_arguments_are_checked_in_one_line():
+  from vlm_jax import run_config
+  path = os.path.join(REPO, "configs", "llava_hf.py")
+  with pytest.raises(UserError, match="stage=2 needs stage1=WORKDIR"):
+    run_config.load_config(f"{path}:vision={LLAVA_VISION},lm={LLAVA_LM},stage=2")
+  with pytest.raises(UserError, match="argument 'size=3' is not one of"):
+    run_config.load_config(f"{path}:vision={LLAVA_VISION},lm={LLAVA_LM},stage=1,size=3")

@@ -34,10 +34,12 @@ def prepare_workdir(workdir: str) -> str:
 
 def with_legacy_defaults(saved_model: dict) -> dict:
   """A saved config.model completed with the keys added since: model.scan (absent: the loop layout of
-  runs written before it) and the text block fields (absent: the values that reproduce those runs)."""
-  model = {"scan": False, **saved_model}
-  text = json.loads(run_config.base_config().model.text.to_json())
-  model["text"] = {**text, **model.get("text", {})}
+  runs written before it), and the other model, text and vision fields (absent: today's defaults, the values
+  that reproduce those runs)."""
+  base = json.loads(run_config.base_config().model.to_json())
+  model = {"scan": False, **{k: v for k, v in base.items() if not isinstance(v, dict)}, **saved_model}
+  for section in ("text", "vision"):
+    model[section] = {**base[section], **model.get(section, {})}
   return model
 
 

@@ -66,18 +66,28 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       # scan: the blocks as one nn.scan (compile time flat in depth; params stacked on a "layers" axis);
       # False: a Python loop, params block_00, block_01, ... (the layout of runs written before scan).
+      # vision_layer: -1 the encoder output after its final norm; k <= -2 the output of block depth + k + 1, before
+      # any norm (HF's hidden_states[k], LLaVA's vision_feature_layer: -2 is the penultimate block; -(depth + 1)
+      # the embedded tokens).
+      # prefix_attention (prefix_lm): "bidirectional" image and prompt see each other (PaliGemma), "causal" every
+      # position sees only those before it (LLaVA, what transformers' LlavaForConditionalGeneration computes).
       name="two_tower", dtype="float32", remat="", scan=True, embed_dim=128, vision_layer=-1,
+      prefix_attention="bidirectional",
       logit_scale_init=2.6592600, logit_bias_init=0.0,  # ln(1/0.07): CLIP's initial temperature
       num_classes=10))  # vit_classifier only
+  # activation: one of layers.ACTIVATIONS (CLIP: quick_gelu, SigLIP: gelu); pre_norm: CLIP's LayerNorm before the
+  # blocks; layer_norm_eps: every LayerNorm of the tower.
   c.model.vision = ml_collections.ConfigDict(dict(
       patch_size=4, width=96, depth=3, num_heads=3, mlp_dim=256, posemb="sincos2d", cls_token=False,
-      pool="gap"))
+      pool="gap", activation="gelu", layer_norm_eps=1e-6, pre_norm=False))
   # The text decoder as a CLIP-style tower (these defaults) or as a Llama: norm="rmsnorm", mlp="swiglu",
   # posemb="rope", num_kv_heads < num_heads, use_bias=False, tied_embedding=False.
   # cross_attention_gate: tanh gate at 0 on cross-attention (an added cross-attention leaves an LM as it was).
+  # norm_eps: every norm of the tower; head_dim: 0 for width // num_heads (a Llama may set another).
   c.model.text = ml_collections.ConfigDict(dict(
       width=96, depth=3, num_heads=3, mlp_dim=256, tied_embedding=True, norm="layernorm", mlp="gelu",
-      posemb="learned", rope_theta=10_000.0, num_kv_heads=0, cross_attention_gate=False, use_bias=True))
+      posemb="learned", rope_theta=10_000.0, num_kv_heads=0, cross_attention_gate=False, use_bias=True,
+      norm_eps=1e-6, head_dim=0))
   c.model.multimodal = ml_collections.ConfigDict(dict(depth=2))
   c.model.projector = ml_collections.ConfigDict(dict(type="mlp", hidden_dim=0))
 
@@ -151,6 +161,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for i, entry in enumerate(config.init_from):
     if len(entry) != 3:
       raise UserError(f"config.init_from[{i}]={entry!r}: expected (target subtree, workdir, source subtree)")
+  depth, layer = config.model.vision.depth, config.model.vision_layer
+  if not -depth - 1 <= layer <= -1:
+    raise UserError(f"config.model.vision_layer={layer} must be in [-{depth + 1}, -1] "
+                    f"(config.model.vision.depth={depth})")
+  if config.model.prefix_attention not in ("bidirectional", "causal"):
+    raise UserError(f"config.model.prefix_attention={config.model.prefix_attention!r}: expected 'bidirectional' "
+                    "or 'causal'")
   if config.model.vision.pool == "cls" and not config.model.vision.cls_token:
     raise UserError("config.model.vision.pool='cls' needs config.model.vision.cls_token=True")
   _validate_for_model(config)

@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vlm_jax import (checkpointing, evaluation, flops, losses, metrics_writer, models, preemption, sharding,
-                     train_state)
+from vlm_jax import (checkpointing, evaluation, flops, losses, metrics_writer, models, preemption, pretrained,
+                     sharding, train_state)
 from vlm_jax import run as run_lib
 from vlm_jax.data import pipeline, tokenizer as tokenizer_lib
 from vlm_jax.errors import UserError
@@ -106,31 +106,67 @@ def _subtree(tree, path: str, where: str):
   return tree
 
 
-def initialize_from(params, shardings, init_from) -> dict:
-  """Replaces subtrees of `params` by subtrees of other runs' latest checkpoints (shapes must match)."""
+HF_SOURCE = "hf:"  # an init_from source "hf:DIR": a transformers checkpoint directory, not a vlm_jax workdir
+
+
+def _loop_layout(tree) -> bool:
+  """Whether a params tree holds its blocks as "block_II" (config.model.scan False) rather than stacked."""
+  return isinstance(tree, dict) and any(key.startswith("block_") or _loop_layout(value) for key, value in tree.items())
+
+
+def _read_source(source: str, target_params, image_size) -> tuple:
+  """(what to name it in messages, its params) of an init_from source: a workdir's latest checkpoint, or
+  "hf:DIR" a CLIP / SigLIP (model or vision tower) or Llama directory read by vlm_jax.pretrained, with the
+  blocks in the layout of `target_params` and a vision tower's positions at `image_size`."""
+  if source.startswith(HF_SOURCE):
+    directory = source[len(HF_SOURCE):]
+    architecture, _, params = pretrained.read_params(directory, image_size, scan=not _loop_layout(target_params))
+    return f"{architecture} {directory}", params
+  step, params = checkpointing.read_params(source)
+  return f"{source} step {step}", params
+
+
+def _layout_difference(current, loaded, path: str = "") -> str:
+  """The first parameter path present in one tree and not the other, for a one-line message."""
+  if not isinstance(current, dict) or not isinstance(loaded, dict):
+    return path or "(root)"
+  for key in sorted(set(current) | set(loaded)):
+    if key not in loaded:
+      return f"{path}{key} (only in this model)"
+    if key not in current:
+      return f"{path}{key} (only in the source)"
+    if jax.tree.structure(current[key]) != jax.tree.structure(loaded[key]):
+      return _layout_difference(current[key], loaded[key], f"{path}{key}/")
+  return path or "(root)"
+
+
+def initialize_from(params, shardings, init_from, image_size=None) -> dict:
+  """Replaces subtrees of `params` by subtrees of other runs' latest checkpoints or of Hugging Face
+  checkpoints ("hf:DIR", see _read_source; image_size: config.data.image_size); shapes must match."""
   params = jax.tree.map(lambda x: x, params)  # a copy of the containers we then edit in place
   for target, workdir, source in init_from:
-    step, loaded = checkpointing.read_params(workdir)
-    loaded = _subtree(loaded, source, f"config.init_from {workdir} (step {step})")
     *parents, last = [k for k in target.split("/") if k] or [None]
     container = _subtree(params, "/".join(parents), "config.init_from target")
     current = container[last] if last else params
+    where, loaded = _read_source(workdir, current, image_size)
+    loaded = _subtree(loaded, source, f"config.init_from {where}")
     if layers.in_loop_layout(loaded, current):  # a run written with the blocks as a loop
       loaded = layers.to_scanned_layout(loaded, current)
     if jax.tree.structure(current) != jax.tree.structure(loaded):
       raise UserError(f"config.init_from: {workdir}/{source or '(all)'} has another parameter layout than "
-                      f"{target or '(all)'} of this model")
+                      f"{target or '(all)'} of this model (first difference: "
+                      f"{_layout_difference(current, loaded)})")
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(current), jax.tree.leaves(loaded)):
       if a.shape != b.shape:
         raise UserError(f"config.init_from: {target}/{train_state.param_path(path)} has shape {a.shape} here but "
-                        f"{b.shape} in {workdir}")
+                        f"{b.shape} in {where}")
     sharding_tree = _subtree(shardings, target, "shardings")
     placed = jax.tree.map(lambda b, a, sh: jax.device_put(b.astype(a.dtype), sh), loaded, current, sharding_tree)
     if last:
       container[last] = placed
     else:
       params = placed
-    print(f"initialised {target or 'all parameters'} from {workdir} step {step} ({source or 'all'})", flush=True)
+    print(f"initialised {target or 'all parameters'} from {where} ({source or 'all'})", flush=True)
   return params
 
 
@@ -152,7 +188,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     writer.truncate_after(start_step)
   elif config.init_from:
     run.state = run.state.replace(params=initialize_from(run.state.params, run.state_shardings.params,
-                                                         config.init_from))
+                                                         config.init_from, config.data.image_size))
   n_params = sum(x.size for x in jax.tree.leaves(run.state.params))
   print(f"model {config.model.name}: {n_params / 1e6:.2f}M parameters; mesh {dict(run.mesh.shape)}; "
         f"{config.total_steps} steps of batch {config.batch_size}", flush=True)

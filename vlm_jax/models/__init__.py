@@ -9,6 +9,8 @@ it is (README, "Adding a model"):
   EVAL_TYPES     the evaluator types that can score it; DEFAULT_EVALS, those run when config.evals is empty
   PREDICT_TASKS  what `python -m vlm_jax.predict` can ask of it: some of "caption", "answer", "label"
   GENERATES      whether it writes text (decoding.make_generate continues a prompt for it)
+  HF_EXPORT      what `python -m vlm_jax.export` writes it as: "llava" (LlavaForConditionalGeneration), "clip"
+                 (CLIPModel) or None (refused)
   build(model_config, *, vocab_size, max_len, eos_id, pad_id, dtype, remat, scan) -> the flax module
   forward_flops(config, vocab_size, batch_size) -> {component: forward FLOPs of one example}
   predict_fns(model) -> {name: fn(params, ...)} of PREDICT_FNS: what evaluators and predict call
@@ -28,7 +30,7 @@ MODELS = {
 }
 MODEL_NAMES = tuple(MODELS)
 INTERFACE = ("FEATURES", "DATA_TASK", "LOSS_TERMS", "EVAL_TYPES", "DEFAULT_EVALS", "PREDICT_TASKS", "GENERATES",
-             "build", "forward_flops", "predict_fns")
+             "HF_EXPORT", "build", "forward_flops", "predict_fns")
 # predict_fns' names: "encode_image" (params, float[B, H, W, 3]) -> float32[B, E] and "encode_text"
 # (params, int[B, T]) -> float32[B, E], normalised; "logit_scale" (params) -> the learned log scale;
 # "image_tokens" (params, images) -> float[B, N, D], what the text cross-attends or is prefixed with;

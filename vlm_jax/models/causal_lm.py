@@ -16,6 +16,7 @@ EVAL_TYPES = ()
 DEFAULT_EVALS = ()
 PREDICT_TASKS = ()  # it sees no image
 GENERATES = False  # no image to caption; decoding.generate continues text for its decoder alone
+HF_EXPORT = None  # python -m vlm_jax.export refuses it: not exported (its decoder alone)
 
 
 class CausalLM(nn.Module):

@@ -17,6 +17,7 @@ EVAL_TYPES = ("classification",)
 DEFAULT_EVALS = EVAL_TYPES
 PREDICT_TASKS = ()  # scored by python -m vlm_jax.evaluate; predict takes image-and-text requests
 GENERATES = False
+HF_EXPORT = None  # python -m vlm_jax.export refuses it: not exported
 
 
 class ViTClassifier(nn.Module):

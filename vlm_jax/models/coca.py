@@ -21,6 +21,7 @@ EVAL_TYPES = ("retrieval", "hardneg", "captioning", "zero_shot")
 DEFAULT_EVALS = ("retrieval", "hardneg", "captioning")  # zero_shot needs a labelled dataset: config.evals
 PREDICT_TASKS = ("caption", "label")
 GENERATES = True
+HF_EXPORT = None  # python -m vlm_jax.export refuses it: transformers has no CoCa
 
 
 class MultimodalDecoder(nn.Module):

@@ -1,13 +1,15 @@
 """Prefix-LM VLM (LLaVA / PaliGemma): projected image tokens prepended to the text.
 
 image -> ViT (all tokens of `vision_layer`, CLS dropped) -> projector -> prefix float[B, N, D]
-[prefix ; BOS prompt] attend each other fully; the answer after them is causal; loss on the answer only.
+[prefix ; BOS prompt] attend each other fully (prefix_attention="bidirectional", PaliGemma) or causally like
+the answer after them ("causal", LLaVA); the loss is on the answer only.
 """
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from vlm_jax import flops
+from vlm_jax.errors import UserError
 from vlm_jax.models import layers, projector, text, towers, vit
 
 # What the rest of vlm_jax needs to know (models/__init__.py lists these declarations).
@@ -18,6 +20,7 @@ EVAL_TYPES = ("captioning", "vqa", "pope")
 DEFAULT_EVALS = EVAL_TYPES
 PREDICT_TASKS = ("caption", "answer")
 GENERATES = True
+HF_EXPORT = "llava"  # python -m vlm_jax.export: a LlavaForConditionalGeneration (CLIP/SigLIP tower, Llama decoder)
 
 
 class PrefixLM(nn.Module):
@@ -25,7 +28,10 @@ class PrefixLM(nn.Module):
   vision: vit.ViT
   projector: projector.Projector
   decoder: text.TextTransformer
-  vision_layer: int = -1  # -1: the final encoder output; -2: the penultimate block (LLaVA-1.5); ...
+  # -1: the final encoder output (after its norm); k <= -2: HF's hidden_states[k], the output of block
+  # depth + k + 1 before any norm (-2: the penultimate block, LLaVA-1.5's vision_feature_layer; -(depth + 1): the
+  # embedded tokens the first block reads).
+  vision_layer: int = -1
   dtype: layers.Dtype = jnp.float32
 
   def image_tokens(self, images):
@@ -33,8 +39,14 @@ class PrefixLM(nn.Module):
     _, intermediates = self.vision(images)
     if self.vision_layer == -1:
       tokens = intermediates["encoded"]
-    else:  # intermediates["blocks"] float[depth, B, N, D]: -2 is the last block's output, before the final norm
-      tokens = intermediates["blocks"][self.vision.depth + self.vision_layer + 1]
+    else:
+      # HF's hidden_states are [embeddings, block 1, ..., block depth]: hidden_states[k] = blocks[depth + k], and
+      # hidden_states[-(depth + 1)] the embedded tokens (intermediates["blocks"] float[depth, B, N, D]).
+      if not -self.vision.depth - 1 <= self.vision_layer < -1:
+        raise ValueError(f"vision_layer {self.vision_layer} is outside [-{self.vision.depth + 1}, -1] for a "
+                         f"{self.vision.depth}-block ViT")
+      index = self.vision.depth + self.vision_layer
+      tokens = intermediates["embedded"] if index < 0 else intermediates["blocks"][index]
     if self.vision.cls_token:
       tokens = tokens[:, 1:]
     return self.projector(tokens)
@@ -59,6 +71,17 @@ class PrefixLM(nn.Module):
     return self.decoder.decode_step(cache, token, position)
 
 
+PREFIX_ATTENTION = ("bidirectional", "causal")
+
+
+def prefix_attention(config) -> str:
+  """config.model.prefix_attention (absent in configs written before it: "bidirectional")."""
+  kind = config.get("prefix_attention", "bidirectional")
+  if kind not in PREFIX_ATTENTION:
+    raise UserError(f"config.model.prefix_attention={kind!r} is not one of {PREFIX_ATTENTION}")
+  return kind
+
+
 def build(config, *, vocab_size: int, max_len: int, eos_id: int, pad_id: int, dtype, remat: str, scan: bool = True) -> PrefixLM:
   """config: the run config's `model` section; the projector maps the ViT's width to the decoder's."""
   del eos_id  # generation stops at EOS; the model itself never looks for it
@@ -66,7 +89,8 @@ def build(config, *, vocab_size: int, max_len: int, eos_id: int, pad_id: int, dt
                   projector=projector.Projector(config.text.width, config.projector.type,
                                                 config.projector.hidden_dim, dtype),
                   decoder=towers.build_text(config.text, vocab_size, max_len, dtype, remat, scan, compute_logits=True,
-                                            tied_embedding=config.text.tied_embedding, pad_id=pad_id),
+                                            tied_embedding=config.text.tied_embedding, pad_id=pad_id,
+                                            causal_prefix=prefix_attention(config) == "causal"),
                   vision_layer=config.vision_layer, dtype=dtype)
 
 

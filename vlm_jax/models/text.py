@@ -57,6 +57,7 @@ class TextTransformer(nn.Module):
   pool_eos_id: int = -1  # >= 0: pool the hidden state at the first occurrence of this token.
   pool_at: str = "eos"  # one of POOL_AT; "eos" pools only when pool_eos_id >= 0.
   causal: bool = True
+  causal_prefix: bool = False  # a `prefix` attended causally like the text (LLaVA), not bidirectionally
   pad_id: int = 0
   norm: str = "layernorm"  # one of layers.NORMS
   mlp: str = "gelu"  # one of layers.MLP_TYPES
@@ -118,7 +119,7 @@ class TextTransformer(nn.Module):
       p = prefix.shape[1]
       x = jnp.concatenate([prefix.astype(self.dtype), x], axis=1)
       text_prefix = jnp.zeros((b,), jnp.int32) if prefix_len is None else prefix_len
-      mask = layers.prefix_lm_mask(p + text_prefix, p + t)
+      mask = layers.causal_mask(p + t) if self.causal_prefix else layers.prefix_lm_mask(p + text_prefix, p + t)
     elif self.append_cls:
       p = 0
       x = jnp.concatenate([x, jnp.tile(self.cls.astype(self.dtype)[None, None], (b, 1, 1))], axis=1)
@@ -172,7 +173,7 @@ class TextTransformer(nn.Module):
     offset = 0 if prefix is None else prefix.shape[1]
     if prefix is not None:
       x = jnp.concatenate([prefix.astype(self.dtype), x], axis=1)
-      prefix_end = offset + start
+      prefix_end = jnp.zeros((b,), jnp.int32) if self.causal_prefix else offset + start
       mask = layers.prefix_lm_mask(prefix_end, offset + length)
     else:
       prefix_end = jnp.zeros((b,), jnp.int32)

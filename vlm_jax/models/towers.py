@@ -30,10 +30,21 @@ def remat_of(model_config: ml_collections.ConfigDict) -> str:
   return model_config.remat
 
 
+def vit_fields(vision: ml_collections.ConfigDict) -> dict:
+  """The block fields of config.model.vision (absent in configs written before them: today's defaults);
+  a CLIP or SigLIP tower from Hugging Face sets them (vlm_jax.llava_recipe)."""
+  fields = dict(activation=vision.get("activation", "gelu"), layer_norm_eps=float(vision.get("layer_norm_eps", 1e-6)),
+                pre_norm=bool(vision.get("pre_norm", False)))
+  if fields["activation"] not in layers.ACTIVATIONS:
+    raise UserError(f"config.model.vision.activation={fields['activation']!r} is not one of "
+                    f"{sorted(layers.ACTIVATIONS)}")
+  return fields
+
+
 def build_vit(vision: ml_collections.ConfigDict, dtype, remat: str = "", scan: bool = True) -> ViT:
   return ViT(patch_size=vision.patch_size, width=vision.width, depth=vision.depth,
              num_heads=vision.num_heads, mlp_dim=vision.mlp_dim, posemb=vision.posemb,
-             cls_token=vision.cls_token, pool=vision.pool, scan=scan, remat=remat, dtype=dtype)
+             cls_token=vision.cls_token, pool=vision.pool, scan=scan, remat=remat, dtype=dtype, **vit_fields(vision))
 
 
 def text_fields(text: ml_collections.ConfigDict) -> dict:
@@ -43,7 +54,8 @@ def text_fields(text: ml_collections.ConfigDict) -> dict:
   fields = dict(norm=get("norm", "layernorm"), mlp=get("mlp", "gelu"), posemb=get("posemb", "learned"),
                 rope_theta=float(get("rope_theta", 10_000.0)), num_kv_heads=get("num_kv_heads", 0),
                 cross_attention_gate=get("cross_attention_gate", False), attention_bias=use_bias,
-                mlp_bias=use_bias, logits_bias=use_bias)
+                mlp_bias=use_bias, logits_bias=use_bias, norm_eps=float(get("norm_eps", 1e-6)),
+                head_dim=get("head_dim", 0))
   for key, allowed in (("norm", layers.NORMS), ("mlp", layers.MLP_TYPES), ("posemb", text_module.POSEMB_TYPES)):
     if fields[key] not in allowed:
       raise UserError(f"config.model.text.{key}={fields[key]!r} is not one of {allowed}")

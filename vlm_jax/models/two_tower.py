@@ -20,6 +20,7 @@ EVAL_TYPES = ("retrieval", "hardneg", "zero_shot")
 DEFAULT_EVALS = ("retrieval", "hardneg")
 PREDICT_TASKS = ("label",)
 GENERATES = False
+HF_EXPORT = "clip"  # python -m vlm_jax.export writes it as a CLIPModel (when its towers are CLIP-shaped)
 
 
 def l2_normalize(x, eps=1e-6):

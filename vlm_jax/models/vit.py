@@ -72,7 +72,8 @@ class MAPHead(nn.Module):
 class ViT(nn.Module):
   """Vision Transformer. Returns (output, out): output is float[B, D] pooled, or all tokens if pool="none".
 
-  out holds named intermediates: "patches", "stem" (patch embeddings before positions), "blocks"
+  out holds named intermediates: "patches", "stem" (patch embeddings before positions), "embedded" (the tokens
+  the blocks read: with positions, CLS and pre-norm), "blocks"
   float[depth, B, N, D] (the tokens after each block; one by one as "block_NN"), "encoded" (all tokens
   after the final LayerNorm), "pre_logits" (the pooled output). scan=True runs the blocks as one nn.scan
   (params stacked under encoder/blocks; see layers.Stack).
@@ -135,6 +136,7 @@ class ViT(nn.Module):
 
     if self.pre_norm:
       x = layers.layer_norm("pre_norm", self.dtype, self.layer_norm_eps)(x)
+    out["embedded"] = x  # what the blocks read (HF's hidden_states[0])
     x, blocks, _ = layers.Stack(
         self.depth, self.num_heads, self.mlp_dim, mlp=self.activation, norm_eps=self.layer_norm_eps,
         scan=self.scan, remat=self.remat, dtype=self.dtype, name="encoder")(x)

@@ -25,14 +25,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax.core import meta
 
-from vlm_jax import decoding
+from vlm_jax import decoding, hf_configs
 from vlm_jax.errors import UserError
 from vlm_jax.pretrained import checkpoint_io, hf_clip, hf_llama, hf_siglip, mapping
 
 CONVERTERS = {hf_clip.ARCHITECTURE: hf_clip, hf_siglip.ARCHITECTURE: hf_siglip,
               hf_llama.ARCHITECTURE: hf_llama}
-# config.json's model_type, for configs written without an `architectures` list.
-MODEL_TYPES = {"clip": hf_clip.ARCHITECTURE, "siglip": hf_siglip.ARCHITECTURE, "llama": hf_llama.ARCHITECTURE}
+# Vision towers alone (read by read_params, for config.init_from): their config.json is the vision config.
+VISION_TOWERS = {"CLIPVisionModel": hf_clip, "SiglipVisionModel": hf_siglip}
 
 
 def _image_features(model, images):
@@ -141,17 +141,8 @@ class Pretrained:
     return out[:, :t + max(lengths)]
 
 
-def _architecture(config: dict, directory: str) -> str:
-  """The one supported architecture config.json names, or a UserError naming what it names."""
-  names = list(config.get("architectures") or [])
-  if not names and config.get("model_type") in MODEL_TYPES:
-    names = [MODEL_TYPES[config["model_type"]]]
-  for name in names:
-    if name in CONVERTERS:
-      return name
-  found = names or [config.get("model_type", "nothing")]
-  raise UserError(f"{directory}: architecture {', '.join(map(str, found))} is not supported; "
-                  f"from_hf reads {', '.join(CONVERTERS)}")
+def _architecture(config: dict, directory: str, supported=CONVERTERS, reader: str = "from_hf") -> str:
+  return hf_configs.architecture(config, directory, supported, reader)
 
 
 def _links(converter, config: dict, image_size: Optional[int], scan: bool) -> list:
@@ -179,12 +170,8 @@ def _abstract_params(module, architecture: str, image_size: Optional[int]) -> di
   return meta.unbox(variables)["params"]
 
 
-def from_hf(directory: str, image_size: Optional[int] = None, scan: bool = True) -> Pretrained:
-  """Load a transformers checkpoint directory as a vlm_jax model (see the module docstring).
-
-  image_size: load a vision tower at another image size than config.json's; its learned position table
-  is resampled (bicubic, as transformers' interpolate_pos_encoding) to the new patch grid, CLS row kept.
-  """
+def _import(directory: str, image_size: Optional[int], scan: bool) -> tuple:
+  """(architecture, config, module, numpy params, image_size) of a CLIPModel, SiglipModel or Llama directory."""
   config = checkpoint_io.read_config(directory)
   architecture = _architecture(config, directory)
   converter = CONVERTERS[architecture]
@@ -192,7 +179,7 @@ def from_hf(directory: str, image_size: Optional[int] = None, scan: bool = True)
     if image_size is not None:
       raise UserError(f"{architecture} has no vision tower; image_size={image_size} does not apply")
   else:
-    vision = {**converter.VISION_DEFAULTS, **(config.get("vision_config") or {})}
+    vision = vision_config(config, architecture)
     image_size = image_size or vision["image_size"]
     if image_size % vision["patch_size"]:
       raise UserError(f"image_size {image_size} is not a multiple of the patch size {vision['patch_size']}")
@@ -200,9 +187,56 @@ def from_hf(directory: str, image_size: Optional[int] = None, scan: bool = True)
   abstract = _abstract_params(module, architecture, image_size)
   tensors = checkpoint_io.read_tensors(directory)
   params = mapping.import_params(_links(converter, config, image_size, scan), tensors, abstract, architecture)
+  return architecture, config, module, params, image_size
+
+
+def from_hf(directory: str, image_size: Optional[int] = None, scan: bool = True) -> Pretrained:
+  """Load a transformers checkpoint directory as a vlm_jax model (see the module docstring).
+
+  image_size: load a vision tower at another image size than config.json's; its learned position table
+  is resampled (bicubic, as transformers' interpolate_pos_encoding) to the new patch grid, CLS row kept.
+  """
+  architecture, config, module, params, image_size = _import(directory, image_size, scan)
   params = jax.tree.map(jnp.asarray, params)
   return Pretrained(architecture, module, {"params": params}, config, image_size, _generation_config(directory),
                     scan)
+
+
+def vision_config(config: dict, architecture: str) -> dict:
+  """The completed vision config of a CLIP/SigLIP model or vision tower's config.json."""
+  if architecture in VISION_TOWERS:
+    return {**VISION_TOWERS[architecture].VISION_DEFAULTS, **config}
+  return {**CONVERTERS[architecture].VISION_DEFAULTS, **(config.get("vision_config") or {})}
+
+
+def read_params(directory: str, image_size: Optional[int] = None, scan: bool = True) -> tuple:
+  """(architecture, config, params) of a transformers directory, for training from it (config.init_from).
+
+  params (numpy, no "params" key): a CLIPModel's or SiglipModel's TwoTower tree, {"vision": ...} for a
+  CLIPVisionModel or SiglipVisionModel (so "vision" names the tower in both), a LlamaForCausalLM's decoder
+  tree (TextTransformer: token_embedding, transformer, final_norm, logits). image_size as in from_hf (a
+  language model has none: ignored).
+  """
+  config = checkpoint_io.read_config(directory)
+  architecture = _architecture(config, directory, {**CONVERTERS, **VISION_TOWERS}, "config.init_from hf:")
+  if architecture == hf_llama.ARCHITECTURE:
+    return architecture, config, _import(directory, None, scan)[3]
+  if architecture not in VISION_TOWERS:
+    return architecture, config, _import(directory, image_size, scan)[3]
+  converter = VISION_TOWERS[architecture]
+  vision = vision_config(config, architecture)
+  image_size = image_size or vision["image_size"]
+  if image_size % vision["patch_size"]:
+    raise UserError(f"image_size {image_size} is not a multiple of the patch size {vision['patch_size']}")
+  module = converter.build_vision(vision, scan)
+  abstract = meta.unbox(jax.eval_shape(lambda: module.init(jax.random.key(0),
+                                                           jnp.zeros((1, image_size, image_size, 3)))))["params"]
+  tensors = checkpoint_io.read_tensors(directory)
+  # transformers 4 saved a vision tower's tensors under "vision_model.", transformers 5 at the top level.
+  prefix = "vision_model" if any(name.startswith("vision_model.") for name in tensors) else ""
+  params = mapping.import_params(converter.vision_links(vision, image_size, scan, hf=prefix), tensors,
+                                 {"vision": abstract}, architecture)
+  return architecture, config, params
 
 
 def to_hf(pretrained: Pretrained, directory: str) -> None:

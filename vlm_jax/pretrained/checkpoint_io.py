@@ -13,6 +13,7 @@ import ml_dtypes
 import numpy as np
 import safetensors.numpy
 
+from vlm_jax import hf_configs
 from vlm_jax.errors import UserError
 
 CONFIG = "config.json"
@@ -22,11 +23,7 @@ INDEX = "model.safetensors.index.json"
 
 def read_config(directory: str) -> dict:
   """The parsed config.json of a transformers checkpoint directory."""
-  path = os.path.join(directory, CONFIG)
-  if not os.path.isfile(path):
-    raise UserError(f"{directory} has no {CONFIG}; expected a transformers checkpoint directory")
-  with open(path) as f:
-    return json.load(f)
+  return hf_configs.read_config(directory, CONFIG)
 
 
 def _read_bfloat16_file(path: str) -> dict:

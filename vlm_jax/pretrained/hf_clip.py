@@ -9,6 +9,7 @@ Text: token + learned positions, causal blocks, `final_layer_norm`, pooled at EO
 
 import numpy as np
 
+from vlm_jax import hf_configs
 from vlm_jax.errors import UserError
 from vlm_jax.models.text import TextTransformer
 from vlm_jax.models.two_tower import TwoTower
@@ -18,14 +19,7 @@ from vlm_jax.pretrained.mapping import Link
 from vlm_jax.pretrained.resample import resample_posemb
 
 ARCHITECTURE = "CLIPModel"
-# HF activation name -> layers.ACTIVATIONS key (HF "gelu" is the exact erf GELU; flax's default is tanh).
-HF_ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu_exact", "gelu_pytorch_tanh": "gelu",
-                  "gelu_new": "gelu", "relu": "relu"}
-VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                       num_channels=3, image_size=224, patch_size=32, hidden_act="quick_gelu", layer_norm_eps=1e-5)
-TEXT_DEFAULTS = dict(vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
-                     num_attention_heads=8, max_position_embeddings=77, hidden_act="quick_gelu",
-                     layer_norm_eps=1e-5, pad_token_id=1, eos_token_id=49407)
+VISION_DEFAULTS, TEXT_DEFAULTS = hf_configs.CLIP_VISION_DEFAULTS, hf_configs.CLIP_TEXT_DEFAULTS
 # Legacy CLIP configs say eos_token_id=2; transformers then pools at the argmax of the token ids.
 LEGACY_EOS_ID = 2
 
@@ -35,11 +29,7 @@ def sub_config(config: dict, key: str, defaults: dict) -> dict:
   return {**defaults, **(config.get(key) or {})}
 
 
-def activation(name: str, architecture: str) -> str:
-  if name not in HF_ACTIVATIONS:
-    raise UserError(f"{architecture}: activation {name!r} is not supported; expected one of "
-                    f"{sorted(HF_ACTIVATIONS)}")
-  return HF_ACTIVATIONS[name]
+activation = hf_configs.activation
 
 
 def check_square(vision: dict, architecture: str) -> None:
@@ -51,19 +41,24 @@ def check_square(vision: dict, architecture: str) -> None:
     raise UserError(f"{architecture}: num_channels={vision['num_channels']} is not supported (RGB only)")
 
 
+def build_vision(vision: dict, scan: bool = True) -> ViT:
+  """The vlm_jax ViT of a (completed) CLIP vision config: CLIPVisionModel, a CLIPModel's vision_config."""
+  check_square(vision, ARCHITECTURE)
+  return ViT(patch_size=vision["patch_size"], width=vision["hidden_size"], depth=vision["num_hidden_layers"],
+             num_heads=vision["num_attention_heads"], mlp_dim=vision["intermediate_size"],
+             posemb="learned_with_cls", cls_token=True, pool="cls",
+             activation=activation(vision["hidden_act"], ARCHITECTURE),
+             layer_norm_eps=vision["layer_norm_eps"], pre_norm=True, scan=scan)
+
+
 def build(config: dict, scan: bool = True) -> TwoTower:
   """The vlm_jax TwoTower computing what this CLIPModel config computes (at any image size)."""
   vision = sub_config(config, "vision_config", VISION_DEFAULTS)
   text = sub_config(config, "text_config", TEXT_DEFAULTS)
-  check_square(vision, ARCHITECTURE)
   eos = text["eos_token_id"]
   if not isinstance(eos, int):
     raise UserError(f"{ARCHITECTURE}: a list eos_token_id={eos!r} is not supported")
-  vit = ViT(patch_size=vision["patch_size"], width=vision["hidden_size"], depth=vision["num_hidden_layers"],
-            num_heads=vision["num_attention_heads"], mlp_dim=vision["intermediate_size"],
-            posemb="learned_with_cls", cls_token=True, pool="cls",
-            activation=activation(vision["hidden_act"], ARCHITECTURE),
-            layer_norm_eps=vision["layer_norm_eps"], pre_norm=True, scan=scan)
+  vit = build_vision(vision, scan)
   tower = TextTransformer(
       vocab_size=text["vocab_size"], width=text["hidden_size"], depth=text["num_hidden_layers"],
       num_heads=text["num_attention_heads"], mlp_dim=text["intermediate_size"],
@@ -74,25 +69,34 @@ def build(config: dict, scan: bool = True) -> TwoTower:
                   scale_init=config.get("logit_scale_init_value", 2.6592))
 
 
+def vision_links(vision: dict, image_size: int, scan: bool = True, hf: str = "vision_model",
+                 path: tuple = ("vision",)) -> list:
+  """Every parameter of `build_vision(vision, scan)` at `image_size` (under `path`) and its HF tensor (under
+  `hf`: "vision_model" in CLIPModel and CLIPVisionModel, "vision_tower" in a Llava,
+  "" in a CLIPVisionModel saved by transformers 5)."""
+  hf = f"{hf}." if hf else ""
+  patch = vision["patch_size"]
+  grid_in, grid_out = vision["image_size"] // patch, image_size // patch
+  out = mapping.patch_conv(f"{hf}embeddings.patch_embedding", path + ("embedding",), patch, bias=False)
+  out += [
+      Link(f"{hf}embeddings.class_embedding", path + ("cls",),
+           lambda c: c.reshape(1, 1, -1), lambda c: c.reshape(-1)),
+      # Exported as it is: a resampled table is written with the new image_size in config.json.
+      Link(f"{hf}embeddings.position_embedding.weight", path + ("pos_embedding",),
+           lambda p: resample_posemb(p, grid_in, grid_out, num_prefix=1)),
+  ]
+  out += mapping.layer_norm(f"{hf}pre_layrnorm", path + ("pre_norm",))
+  out += mapping.encoder_layers(f"{hf}encoder.layers", path + ("encoder",), vision["num_hidden_layers"],
+                                vision["num_attention_heads"], scan)
+  return out + mapping.layer_norm(f"{hf}post_layernorm", path + ("encoder_norm",))
+
+
 def links(config: dict, image_size: int, scan: bool = True) -> list:
   """Every parameter of `build(config, scan)` at `image_size` and its HF tensor."""
   vision = sub_config(config, "vision_config", VISION_DEFAULTS)
   text = sub_config(config, "text_config", TEXT_DEFAULTS)
-  patch = vision["patch_size"]
-  grid_in, grid_out = vision["image_size"] // patch, image_size // patch
-  v, t = "vision_model", "text_model"
-  out = mapping.patch_conv(f"{v}.embeddings.patch_embedding", ("vision", "embedding"), patch, bias=False)
-  out += [
-      Link(f"{v}.embeddings.class_embedding", ("vision", "cls"),
-           lambda c: c.reshape(1, 1, -1), lambda c: c.reshape(-1)),
-      # Exported as it is: a resampled table is written with the new image_size in config.json.
-      Link(f"{v}.embeddings.position_embedding.weight", ("vision", "pos_embedding"),
-           lambda p: resample_posemb(p, grid_in, grid_out, num_prefix=1)),
-  ]
-  out += mapping.layer_norm(f"{v}.pre_layrnorm", ("vision", "pre_norm"))
-  out += mapping.encoder_layers(f"{v}.encoder.layers", ("vision", "encoder"), vision["num_hidden_layers"],
-                                vision["num_attention_heads"], scan)
-  out += mapping.layer_norm(f"{v}.post_layernorm", ("vision", "encoder_norm"))
+  t = "text_model"
+  out = vision_links(vision, image_size, scan)
   out += mapping.linear("visual_projection", ("image_projection",), bias=False)
 
   out += [Link(f"{t}.embeddings.token_embedding.weight", ("text", "token_embedding", "embedding")),

@@ -8,33 +8,14 @@ MLP biases, tied or separate output embedding, SiLU SwiGLU. Rotary scaling varia
 (llama3, linear, dynamic, yarn, ...) are refused with a UserError rather than silently computed wrong.
 """
 
-from vlm_jax.errors import UserError
+from vlm_jax import hf_configs
 from vlm_jax.models.text import TextTransformer
 from vlm_jax.pretrained import mapping
 from vlm_jax.pretrained.mapping import Link
 
-ARCHITECTURE = "LlamaForCausalLM"
-DEFAULTS = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                num_attention_heads=32, num_key_value_heads=None, hidden_act="silu", rms_norm_eps=1e-6,
-                tie_word_embeddings=False, attention_bias=False, mlp_bias=False, head_dim=None,
-                rope_parameters=None, rope_theta=None, rope_scaling=None, max_position_embeddings=2048)
-
-
-def _config(config: dict) -> dict:
-  """config.json completed with LlamaConfig's defaults; unsupported features raise UserError."""
-  c = {**DEFAULTS, **config}
-  c["num_key_value_heads"] = c["num_key_value_heads"] or c["num_attention_heads"]
-  c["head_dim"] = c["head_dim"] or c["hidden_size"] // c["num_attention_heads"]
-  # transformers >= 5 writes `rope_parameters`; older configs `rope_theta` and `rope_scaling`.
-  rope = dict(c["rope_parameters"] or c["rope_scaling"] or {})
-  rope_type = rope.get("rope_type", rope.get("type", "default"))
-  if rope_type != "default":
-    raise UserError(f"{ARCHITECTURE}: rope_type {rope_type!r} is not supported (only the default rotary "
-                    "embedding)")
-  c["rope_theta"] = float(rope.get("rope_theta") or c["rope_theta"] or 10_000.0)
-  if c["hidden_act"] != "silu":
-    raise UserError(f"{ARCHITECTURE}: hidden_act {c['hidden_act']!r} is not supported (only silu)")
-  return c
+ARCHITECTURE = hf_configs.LLAMA
+DEFAULTS = hf_configs.LLAMA_DEFAULTS
+_config = hf_configs.llama
 
 
 def build(config: dict, scan: bool = True) -> TextTransformer:
@@ -49,8 +30,9 @@ def build(config: dict, scan: bool = True) -> TextTransformer:
       logits_bias=False, scan=scan)
 
 
-def links(config: dict, scan: bool = True) -> list:
-  """Every parameter of `build(config, scan)` and its HF tensor."""
+def links(config: dict, scan: bool = True, hf: str = "model", path: tuple = (), lm_head: str = "lm_head") -> list:
+  """Every parameter of `build(config, scan)` (under `path`) and its HF tensor: the decoder under `hf`
+  ("model" in LlamaForCausalLM, "model.language_model" in a Llava), the output projection `lm_head`."""
   c = _config(config)
   heads, kv_heads, bias = c["num_attention_heads"], c["num_key_value_heads"], c["attention_bias"]
 
@@ -66,11 +48,11 @@ def links(config: dict, scan: bool = True) -> list:
       links += _linear(f"{src}.mlp.{name}_proj", dst + ("mlp", name), c["mlp_bias"])
     return links
 
-  out = [Link("model.embed_tokens.weight", ("token_embedding", "embedding"))]
-  out += mapping.block_layers("model.layers", ("transformer",), c["num_hidden_layers"], scan, block)
-  out += [Link("model.norm.weight", ("final_norm", "scale"))]
+  out = [Link(f"{hf}.embed_tokens.weight", path + ("token_embedding", "embedding"))]
+  out += mapping.block_layers(f"{hf}.layers", path + ("transformer",), c["num_hidden_layers"], scan, block)
+  out += [Link(f"{hf}.norm.weight", path + ("final_norm", "scale"))]
   if not c["tie_word_embeddings"]:
-    out += _linear("lm_head", ("logits",), bias=False)
+    out += _linear(lm_head, path + ("logits",), bias=False)
   return out
 
 
