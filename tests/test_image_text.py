@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import shutil
+import warnings
 
 import ml_collections
 import numpy as np
@@ -81,6 +82,48 @@ def test_sources_mix_by_weight(sources, prepared):
   batch = next(pipeline.train_iterator(config, tokenizer_lib.load_for_config(config), batch_size=8, seed=0,
                                        task="contrastive_caption"))
   assert batch["image"].shape == (8, 16, 16, 3)
+
+
+def test_mixed_sources_are_named_by_the_config_argument_and_set_field_by_field_on_the_command_line(sources):
+  """configs/image_text_clip.py:labelled,plain makes config.data.sources.{labelled,plain} with every source field,
+  so each is a --config.data.sources.NAME.FIELD flag (weight too); a source left unset is named in one line."""
+  from absl import flags
+  from ml_collections import config_flags
+  from vlm_jax.data import datasets
+  _, written = sources
+  csv_source, jsonl_source = written["csv"][0], written["jsonl"][0]
+
+  def parse(*overrides):
+    argv = ["train", "--config", os.path.join(REPO, "configs", "image_text_clip.py") + ":labelled,plain", *overrides]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, sys_argv=argv)
+    with warnings.catch_warnings():  # ml_collections loads the file with importlib's deprecated load_module()
+      warnings.simplefilter("ignore", DeprecationWarning)
+      flag_values(argv)
+    return flag_values.config
+
+  config = parse(*[f"--config.data.sources.labelled.{k}={v}" for k, v in csv_source.items()],
+                 "--config.data.sources.labelled.label_key=label", "--config.data.sources.labelled.weight=3",
+                 *[f"--config.data.sources.plain.{k}={v}" for k, v in jsonl_source.items()],
+                 "--config.data.sources.plain.val_fraction=0.2")
+  parts = {name: (part.source.to_dict(), weight) for name, part, weight in datasets.ImageTextBuilder(config.data).parts}
+  defaults = image_text.source_defaults()
+  assert parts == {"labelled": ({**defaults, **csv_source, "label_key": "label"}, 3.0),
+                   "plain": ({**defaults, **jsonl_source, "val_fraction": 0.2}, 1.0)}
+  datasets.ImageTextBuilder(config.data).check_config()
+  with pytest.raises(UserError, match=r"^no data source: pass --config\.data\.sources\.plain\.annotations=PATH"):
+    datasets.ImageTextBuilder(parse(*[f"--config.data.sources.labelled.{k}={v}" for k, v in csv_source.items()],
+                                    "--config.data.sources.plain.format=jsonl").data).check_config()
+
+
+def test_the_own_data_configs_zero_shot_is_off_until_switched_on():
+  from vlm_jax.evaluators import specs
+  for name in ("image_text_clip", "image_text_coca"):
+    config = run_config.load_config(os.path.join(REPO, "configs", f"{name}.py"))
+    assert "zero_shot" not in [spec["name"] for spec in specs.eval_specs(config)], name
+    config.evals.zero_shot.type = "zero_shot"
+    assert {"type": "zero_shot", "every": 0} in [{k: spec[k] for k in ("type", "every")}
+                                                 for spec in specs.eval_specs(config)], name
 
 
 def test_images_of_every_mode_are_rgb_and_the_right_way_up(sources):
@@ -276,7 +319,7 @@ def test_train_on_own_data_then_the_workdir_alone_predicts(sources, tmp_path):
   config.model.update(embed_dim=16, scan=False)
   config.update(batch_size=8, total_steps=2, log_every_steps=1, checkpoint_every_steps=2)
   config.eval.batch_size = 8
-  config.evals.zero_shot = dict(type="zero_shot", every=0)
+  config.evals.zero_shot.type = "zero_shot"  # the config's entry, off until switched on (README, "Your own data")
   workdir = str(tmp_path / "run")
   scores = trainer.train_and_evaluate(config, workdir)
   for key in ("img2txt_recall@1", "txt2img_recall@1", "zero_shot/top1"):
