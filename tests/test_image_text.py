@@ -93,8 +93,8 @@ def test_mixed_sources_are_named_by_the_config_argument_and_set_field_by_field_o
   _, written = sources
   csv_source, jsonl_source = written["csv"][0], written["jsonl"][0]
 
-  def parse(*overrides):
-    argv = ["train", "--config", os.path.join(REPO, "configs", "image_text_clip.py") + ":labelled,plain", *overrides]
+  def parse(*overrides, names="labelled,plain"):
+    argv = ["train", "--config", os.path.join(REPO, "configs", "image_text_clip.py") + f":{names}", *overrides]
     flag_values = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, sys_argv=argv)
     with warnings.catch_warnings():  # ml_collections loads the file with importlib's deprecated load_module()
@@ -111,6 +111,10 @@ def test_mixed_sources_are_named_by_the_config_argument_and_set_field_by_field_o
   assert parts == {"labelled": ({**defaults, **csv_source, "label_key": "label"}, 3.0),
                    "plain": ({**defaults, **jsonl_source, "val_fraction": 0.2}, 1.0)}
   datasets.ImageTextBuilder(config.data).check_config()
+  # A single named source is the same data as config.data.source set to it.
+  alone = parse(*[f"--config.data.sources.labelled.{k}={v}" for k, v in csv_source.items()], names="labelled")
+  single = parse(*[f"--config.data.source.{k}={v}" for k, v in csv_source.items()], names="")
+  assert datasets.ImageTextBuilder(alone.data).directory == datasets.ImageTextBuilder(single.data).directory
   with pytest.raises(UserError, match=r"^no data source: pass --config\.data\.sources\.plain\.annotations=PATH"):
     datasets.ImageTextBuilder(parse(*[f"--config.data.sources.labelled.{k}={v}" for k, v in csv_source.items()],
                                     "--config.data.sources.plain.format=jsonl").data).check_config()

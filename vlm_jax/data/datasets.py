@@ -271,8 +271,8 @@ class ImageTextBuilder(Builder):
   def directory(self) -> str:
     """The prepared source's folder; with several sources, the folder of their shared tokenizer and report."""
     if not hasattr(self, "_directory"):
-      if len(self.parts) == 1:
-        self._directory = image_text.prepared_dir(self.config, int(self.source.get("seed", 0)))
+      if len(self.parts) == 1:  # config.data.source, or config.data.sources' only entry
+        self._directory = self._part_dir(self.parts[0][1])
       else:
         self._directory = image_text.mix_dir(self.config, [(name, self._part_dir(c), w) for name, c, w in self.parts])
     return self._directory
@@ -281,9 +281,9 @@ class ImageTextBuilder(Builder):
     return image_text.prepared_dir(part_config, int(part_config.source.get("seed", 0)))
 
   def _in_part(self, name: str, error: UserError) -> UserError:
-    """A source's error as the user sets that source: with several, config.data.sources.NAME.* for
+    """A source's error as the user sets that source: from config.data.sources, config.data.sources.NAME.* for
     config.data.source.*."""
-    if len(self.parts) == 1:
+    if not self.config.get("sources"):
       return error
     message = str(error).replace("config.data.source.", f"config.data.sources.{name}.")
     return UserError(message if f"config.data.sources.{name}." in message else f"config.data.sources.{name}: {message}")
