@@ -11,11 +11,12 @@ its own file. Evaluators: image<->text retrieval on the validation split (every 
 and zero-shot classification when the records have a class (config.data.source.label_key).
 """
 
-from vlm_jax.run_config import base_config
+from vlm_jax.run_config import add_sources, base_config
 
 
 def get_config(arg=None):
-  del arg
+  """arg: names of several sources to mix ("web,coco", README "Your own data"), each then set with
+  --config.data.sources.NAME.FIELD=... (weight included); none: the one config.data.source."""
   config = base_config()
   config.data.name = "image_text"
   config.data.image_size = 224
@@ -33,4 +34,7 @@ def get_config(arg=None):
   config.checkpoint_every_steps = 1000
   config.eval.update(split="validation", periodic_split="validation", extra_splits=(), batch_size=256)
   config.evals.retrieval = dict(type="retrieval")
-  return config
+  # Zero-shot over your class names, for records with a class: switched on by --config.evals.zero_shot.type=zero_shot
+  # --config.data.source.label_key=KEY (and optionally "--config.data.class_names=('cat','dog')").
+  config.evals.zero_shot = dict(type="", every=0)
+  return add_sources(config, arg)

@@ -9,11 +9,12 @@ Loss = 2.0 * caption + 1.0 * contrastive (the CoCa paper's weights). Evaluators 
 retrieval, and captioning (BLEU-4, CIDEr-D, ROUGE-L against every reference caption of an image).
 """
 
-from vlm_jax.run_config import base_config
+from vlm_jax.run_config import add_sources, base_config
 
 
 def get_config(arg=None):
-  del arg
+  """arg: names of several sources to mix ("web,coco", README "Your own data"), each then set with
+  --config.data.sources.NAME.FIELD=... (weight included); none: the one config.data.source."""
   config = base_config()
   config.data.name = "image_text"
   config.data.image_size = 224
@@ -36,4 +37,7 @@ def get_config(arg=None):
                      max_decode_len=32)
   config.evals.retrieval = dict(type="retrieval")
   config.evals.captioning = dict(type="captioning", every=0)  # decoding is slow: at the end only
-  return config
+  # Zero-shot over your class names, for records with a class: switched on by --config.evals.zero_shot.type=zero_shot
+  # --config.data.source.label_key=KEY (and optionally "--config.data.class_names=('cat','dog')").
+  config.evals.zero_shot = dict(type="", every=0)
+  return add_sources(config, arg)

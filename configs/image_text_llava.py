@@ -11,11 +11,12 @@ image." with a caption. Evaluator: the first question of each validation convers
 A pretrained LM's vocabulary: --config.data.tokenizer=hf:DIR (tokenizer.json or tokenizer.model).
 """
 
-from vlm_jax.run_config import base_config
+from vlm_jax.run_config import add_sources, base_config
 
 
 def get_config(arg=None):
-  del arg
+  """arg: names of several sources to mix ("web,coco", README "Your own data"), each then set with
+  --config.data.sources.NAME.FIELD=... (weight included); none: the one config.data.source."""
   config = base_config()
   config.data.name = "image_text"
   config.data.source.format = "llava"
@@ -35,4 +36,4 @@ def get_config(arg=None):
   config.eval.update(split="validation", periodic_split="validation", extra_splits=(), batch_size=64,
                      max_decode_len=64)
   config.evals.vqa = dict(type="vqa", every=0)
-  return config
+  return add_sources(config, arg)

@@ -2,9 +2,11 @@
 counted, images of every mode read the right way up, one-line mistakes, multi-turn loss masks, the data order
 on any number of processes, and a training run whose workdir alone then predicts."""
 
+import csv
 import json
 import os
 import shutil
+import warnings
 
 import ml_collections
 import numpy as np
@@ -80,6 +82,52 @@ def test_sources_mix_by_weight(sources, prepared):
   batch = next(pipeline.train_iterator(config, tokenizer_lib.load_for_config(config), batch_size=8, seed=0,
                                        task="contrastive_caption"))
   assert batch["image"].shape == (8, 16, 16, 3)
+
+
+def test_mixed_sources_are_named_by_the_config_argument_and_set_field_by_field_on_the_command_line(sources):
+  """configs/image_text_clip.py:labelled,plain makes config.data.sources.{labelled,plain} with every source field,
+  so each is a --config.data.sources.NAME.FIELD flag (weight too); a source left unset is named in one line."""
+  from absl import flags
+  from ml_collections import config_flags
+  from vlm_jax.data import datasets
+  _, written = sources
+  csv_source, jsonl_source = written["csv"][0], written["jsonl"][0]
+
+  def parse(*overrides, names="labelled,plain"):
+    argv = ["train", "--config", os.path.join(REPO, "configs", "image_text_clip.py") + f":{names}", *overrides]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, sys_argv=argv)
+    with warnings.catch_warnings():  # ml_collections loads the file with importlib's deprecated load_module()
+      warnings.simplefilter("ignore", DeprecationWarning)
+      flag_values(argv)
+    return flag_values.config
+
+  config = parse(*[f"--config.data.sources.labelled.{k}={v}" for k, v in csv_source.items()],
+                 "--config.data.sources.labelled.label_key=label", "--config.data.sources.labelled.weight=3",
+                 *[f"--config.data.sources.plain.{k}={v}" for k, v in jsonl_source.items()],
+                 "--config.data.sources.plain.val_fraction=0.2")
+  parts = {name: (part.source.to_dict(), weight) for name, part, weight in datasets.ImageTextBuilder(config.data).parts}
+  defaults = image_text.source_defaults()
+  assert parts == {"labelled": ({**defaults, **csv_source, "label_key": "label"}, 3.0),
+                   "plain": ({**defaults, **jsonl_source, "val_fraction": 0.2}, 1.0)}
+  datasets.ImageTextBuilder(config.data).check_config()
+  # A single named source is the same data as config.data.source set to it.
+  alone = parse(*[f"--config.data.sources.labelled.{k}={v}" for k, v in csv_source.items()], names="labelled")
+  single = parse(*[f"--config.data.source.{k}={v}" for k, v in csv_source.items()], names="")
+  assert datasets.ImageTextBuilder(alone.data).directory == datasets.ImageTextBuilder(single.data).directory
+  with pytest.raises(UserError, match=r"^no data source: pass --config\.data\.sources\.plain\.annotations=PATH"):
+    datasets.ImageTextBuilder(parse(*[f"--config.data.sources.labelled.{k}={v}" for k, v in csv_source.items()],
+                                    "--config.data.sources.plain.format=jsonl").data).check_config()
+
+
+def test_the_own_data_configs_zero_shot_is_off_until_switched_on():
+  from vlm_jax.evaluators import specs
+  for name in ("image_text_clip", "image_text_coca"):
+    config = run_config.load_config(os.path.join(REPO, "configs", f"{name}.py"))
+    assert "zero_shot" not in [spec["name"] for spec in specs.eval_specs(config)], name
+    config.evals.zero_shot.type = "zero_shot"
+    assert {"type": "zero_shot", "every": 0} in [{k: spec[k] for k in ("type", "every")}
+                                                 for spec in specs.eval_specs(config)], name
 
 
 def test_images_of_every_mode_are_rgb_and_the_right_way_up(sources):
@@ -182,6 +230,59 @@ def test_the_data_order_does_not_depend_on_the_process_count(data_dir):
         order, np.concatenate([pipeline.global_indices(256, 3, 16, 20, i, count) for i in range(count)], axis=1))
 
 
+def test_a_checkpointed_data_position_resumes_on_another_process_count(data_dir, tmp_path, monkeypatch):
+  """Iterator states saved (grain's checkpoint files) by 2 processes after 3 global batches resume on 1 process
+  at the 4th global batch of an uninterrupted run, and 1 process's after 4 resume on 2 at the 5th; a state
+  from before positions were global (a one-process run's plain grain state) resumes exactly as before."""
+  import grain
+  from etils import epath
+  from vlm_jax import checkpointing
+  config = ml_collections.ConfigDict(dict(name="shapes", builder_config="tiny", data_dir=data_dir,
+                                          tokenizer="sentencepiece", max_text_len=16, canonical_caption_prob=0.4))
+  tok = tokenizer_lib.load_for_config(config)
+  make = lambda index, count: pipeline.train_iterator(config, tok, batch_size=16, seed=3, task="contrastive_caption",
+                                                      process_index=index, process_count=count)
+  straight = make(0, 1)
+  expected = [next(straight) for _ in range(5)]
+  handler = grain.checkpoint.CheckpointHandler()
+  handler_module = __import__(type(handler).__module__, fromlist=["sharding"])
+
+  def save(iterators, folder):
+    """What each process's grain handler writes into a checkpoint's data/ folder."""
+    folder.mkdir()
+    for index, iterator in enumerate(iterators):
+      monkeypatch.setattr(handler_module.sharding, "get_process_index_and_count", lambda: (index, len(iterators)))
+      handler.save(epath.Path(folder), args=grain.checkpoint.CheckpointSave(iterator))
+    return checkpointing.read_data_states(str(folder))
+
+  def assert_global_batch(halves, whole):
+    for key in whole:
+      np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), whole[key])
+
+  parts = [make(i, 2) for i in range(2)]
+  for _ in range(3):
+    [next(p) for p in parts]
+  states = save(parts, tmp_path / "two")
+  assert sorted(states) == [(0, 2), (1, 2)] and {s["global_position"] for s in states.values()} == {48}
+  single = make(0, 1)
+  single.restore(states)
+  assert_global_batch([next(single)], expected[3])
+
+  one = make(0, 1)
+  for _ in range(4):
+    next(one)
+  states = save([one], tmp_path / "one")
+  assert states[0, 1]["grain"] == {"next_index": 64}  # grain's own state, which one-process runs used to save
+  parts = [make(i, 2) for i in range(2)]
+  for part in parts:
+    part.restore(states)
+  assert_global_batch([next(p) for p in parts], expected[4])
+
+  legacy = make(0, 1)
+  legacy.restore({(0, 1): {"next_index": 48}})
+  assert_global_batch([next(legacy)], expected[3])
+
+
 def test_predict_refuses_a_decompression_bomb_header_in_one_line(sources, tmp_path, capsys):
   from vlm_jax import predict
   root, _ = sources
@@ -222,7 +323,7 @@ def test_train_on_own_data_then_the_workdir_alone_predicts(sources, tmp_path):
   config.model.update(embed_dim=16, scan=False)
   config.update(batch_size=8, total_steps=2, log_every_steps=1, checkpoint_every_steps=2)
   config.eval.batch_size = 8
-  config.evals.zero_shot = dict(type="zero_shot", every=0)
+  config.evals.zero_shot.type = "zero_shot"  # the config's entry, off until switched on (README, "Your own data")
   workdir = str(tmp_path / "run")
   scores = trainer.train_and_evaluate(config, workdir)
   for key in ("img2txt_recall@1", "txt2img_recall@1", "zero_shot/top1"):
@@ -237,6 +338,55 @@ def test_train_on_own_data_then_the_workdir_alone_predicts(sources, tmp_path):
   assert [os.path.basename(r["image"]) for r in rows] == readable  # every mode and size, name order
   assert all(r["label"] in shapes.SHAPES for r in rows)
   assert not (tmp_path / "prepared").exists()
+
+
+def _tokenizer_json(folder, texts, specials):
+  """A word-level tokenizer.json trained by the `tokenizers` package on texts, `specials` its first ids."""
+  import tokenizers
+  from tokenizers import models, pre_tokenizers, trainers
+  folder.mkdir()
+  tok = tokenizers.Tokenizer(models.WordLevel(unk_token=specials[0]))
+  tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+  tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=specials))
+  tok.save(str(folder / "tokenizer.json"))
+
+
+def test_a_tokenizer_json_gives_its_own_special_ids_to_the_batches_and_the_workdir(sources, prepared, tmp_path):
+  """hf:DIR with a tokenizer.json: captions round-trip, BOS/EOS/pad are the tokenizer's ids (not 1/2/0) in the
+  batches, the workdir's copy gives the same ids once DIR is gone; special tokens named by tokenizer_config.json,
+  pad falling back to EOS, and a missing EOS named in one line."""
+  _, written = sources
+  with open(written["csv"][0]["annotations"]) as f:
+    captions = [row["title"] for row in csv.DictReader(f) if row["title"].strip()]
+  lm = tmp_path / "lm"
+  _tokenizer_json(lm, captions, ["<unk>", "</s>", "<pad>", "<s>"])
+  config = ml_collections.ConfigDict(prepared["csv"][0].to_dict())
+  config.update(tokenizer=f"hf:{lm}", max_text_len=32)  # longer than any caption: none is cut
+  tok = tokenizer_lib.load_for_config(config)
+  assert (tok.bos_id, tok.eos_id, tok.pad_id) == (3, 1, 2)
+  for caption in captions:
+    assert tok.decode(tok.encode(caption)) == caption and 0 not in tok.encode(caption)  # 0: <unk>
+  batch = next(pipeline.train_iterator(config, tok, batch_size=8, seed=0, task="contrastive_caption"))
+  for text in batch["text"]:
+    end = list(text).index(tok.eos_id)
+    assert text[0] == tok.bos_id and tok.decode(text) in captions and (text[end + 1:] == tok.pad_id).all()
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  tokenizer_lib.save_to_workdir(tok, str(workdir))
+  shutil.rmtree(lm)
+  copy = tokenizer_lib.load_for_workdir(str(workdir), config)  # what predict and evaluate load
+  assert (copy.bos_id, copy.eos_id, copy.pad_id) == (3, 1, 2) and copy.encode(captions[0]) == tok.encode(captions[0])
+
+  named = tmp_path / "named"
+  _tokenizer_json(named, captions, ["[UNK]", "[START]", "[END]"])
+  (named / "tokenizer_config.json").write_text(json.dumps({"bos_token": "[START]", "eos_token": {"content": "[END]"}}))
+  named_tok = tokenizer_lib.load_existing(f"hf:{named}")
+  assert (named_tok.bos_id, named_tok.eos_id, named_tok.pad_id) == (1, 2, 2)
+  no_eos = tmp_path / "no_eos"
+  _tokenizer_json(no_eos, captions, ["<unk>", "<s>"])
+  with pytest.raises(UserError, match="has no EOS token") as error:
+    tokenizer_lib.load_existing(f"hf:{no_eos}")
+  assert "\n" not in str(error.value)
 
 
 def test_an_existing_tokenizer_is_used_and_the_workdir_keeps_a_copy(tmp_path):

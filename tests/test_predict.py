@@ -99,6 +99,29 @@ def test_user_mistakes_exit_1_with_one_line(coca_workdir, tmp_path, capsys, make
   assert len(err) == 1 and err[0].startswith("vlm_jax.predict: error:") and message in err[0]
 
 
+def test_a_folder_skips_each_unreadable_image_with_one_warning_line(coca_workdir, images, tmp_path, capsys):
+  """An undecodable file and a decompression-bomb header in a folder: one warning line each, naming the file and
+  why; the readable image is still classified and the exit status is 0. Only unreadable ones: exit 1."""
+  from image_text_fixtures import bomb_png
+  folder = tmp_path / "mixed"
+  folder.mkdir()
+  shutil.copy(images / "a.png", folder / "a.png")
+  (folder / "b.png").write_bytes(bomb_png())
+  (folder / "c.jpg").write_bytes(b"not a jpeg")
+  assert predict.main(["--workdir", coca_workdir, "--image", str(folder), "--labels", "circle,square", "--json"]) == 0
+  out, err = capsys.readouterr()
+  assert [os.path.basename(json.loads(line)["image"]) for line in out.splitlines()] == ["a.png"]
+  warnings = err.strip().splitlines()
+  assert len(warnings) == 2 and all(w.startswith("vlm_jax.predict: warning:") for w in warnings), warnings
+  assert str(folder / "b.png") in warnings[0] and "30000 x 30000" in warnings[0] and "max_image_pixels" in warnings[0]
+  assert str(folder / "c.jpg") in warnings[1] and "not a readable image" in warnings[1]
+  (folder / "a.png").unlink()
+  assert predict.main(["--workdir", coca_workdir, "--image", str(folder)]) == 1
+  out, err = capsys.readouterr()
+  assert out == "" and err.strip().splitlines()[-1] == (
+      f"vlm_jax.predict: error: none of the 2 image files in {folder} could be read")
+
+
 def test_a_workdir_alone_is_enough_to_predict(coca_workdir, data_dir, images, tmp_path):
   """Inference reads config.json, the workdir's own tokenizer.model and the parameters: no prepared data."""
   from vlm_jax.data import tokenizer as tokenizer_lib

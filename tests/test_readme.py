@@ -9,7 +9,7 @@ import shlex
 import pytest
 
 from vlm_jax import run_config, trainer
-from test_train import REPO, load_config  # noqa: E402  (tests/ is on sys.path under pytest)
+from test_train import REPO  # noqa: E402  (tests/ is on sys.path under pytest)
 
 PLACEHOLDERS = ("NAME", "DIR", "...", "HOST0", "BUCKET")
 
@@ -33,9 +33,9 @@ def readme_commands() -> list:
 
 def config_with_overrides(args: list):
   """The config a train/evaluate command line builds: the file, then each --config.key=value."""
-  path = args[args.index("--config") + 1]
+  path, _, argument = args[args.index("--config") + 1].partition(":")  # configs/NAME.py[:ARG]
   assert os.path.isfile(os.path.join(REPO, path)), f"README names a missing config file {path}"
-  config = load_config(os.path.splitext(os.path.basename(path))[0])
+  config = run_config.load_config(os.path.join(REPO, path) + (f":{argument}" if argument else ""))
   for arg in args:
     if arg.startswith("--config."):
       key, value = arg[len("--config."):].split("=", 1)

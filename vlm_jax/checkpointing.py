@@ -1,10 +1,15 @@
 """Orbax checkpoints under DIR/checkpoints/<step>/: the train state and the data iterator, saved together.
 
 The grain iterator's state lives in the same checkpoint as the model, so a resumed run reads exactly the
-batches an uninterrupted run would have read.
+batches an uninterrupted run would have read: grain's handler writes data/process_<i>-of-<n>.json, one file
+per process; restoring reads them all, so that a run on another number of processes resumes at the same
+place in the global data order (pipeline.TrainIterator).
 """
 
+import glob
+import json
 import os
+import re
 
 import grain
 import jax
@@ -39,11 +44,14 @@ class Checkpoints:
     self.manager.save(step, args=ocp.args.Composite(**args), force=True)
 
   def restore(self, step: int, target_state, data_iterator=None):
-    """Restores `step` onto the shardings of `target_state`; advances `data_iterator` in place."""
-    args = {"state": ocp.args.StandardRestore(target_state)}
+    """Restores `step` onto the shardings of `target_state`; advances `data_iterator` in place (from the
+    states of all the processes that saved it, see read_data_states)."""
     if data_iterator is not None:
-      args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-    return self.manager.restore(step, args=ocp.args.Composite(**args))["state"]
+      states = read_data_states(os.path.join(self.directory, str(step), "data"))
+    state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target_state)))["state"]
+    if data_iterator is not None:
+      data_iterator.restore(states)
+    return state
 
   def saved_params(self, step: int):
     """The nested dict of parameter names (leaves: array metadata) of checkpoint `step`, nothing read."""
@@ -57,6 +65,20 @@ class Checkpoints:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def read_data_states(directory: str) -> dict:
+  """{(process_index, process_count): the iterator state that process saved} from a checkpoint's data/
+  folder (grain's layout, process_<i>-of-<n>.json); ValueError if it holds none."""
+  states = {}
+  for path in glob.glob(os.path.join(directory, "process_*-of-*.json")):
+    match = re.fullmatch(r"process_(\d+)-of-(\d+)\.json", os.path.basename(path))
+    if match:
+      with open(path) as f:
+        states[int(match[1]), int(match[2])] = json.load(f)
+  if not states:
+    raise ValueError(f"no data iterator state in {directory}")
+  return states
 
 
 def read_params(workdir: str):

@@ -85,6 +85,8 @@ def _flags_parser(argv, command: str):
     fail(f"invalid flag value: {e}")
   except SyntaxError as e:  # a config file that is not valid Python
     fail(f"config file {e.filename} line {e.lineno}: {e.msg}")
+  except UserError as e:  # a config file's get_config(ARG) refusing its argument
+    fail(str(e))
 
 
 def main(command: str):

@@ -9,6 +9,7 @@ command line is `python -m vlm_jax.predict` (vlm_jax/predict.py, flags only). Wh
 import dataclasses
 import itertools
 import os
+import sys
 
 import jax
 import numpy as np
@@ -59,13 +60,39 @@ def load_image(path: str, size: int, normalization: str = "siglip", max_pixels: 
   return images_lib.normalize(images_lib.eval_crop(image, size), normalization)
 
 
-def _image_batches(paths: list, data_config, batch_size: int):
-  """Yields (paths, float32[B, S, S, 3]) a batch at a time: a folder is streamed, never held in memory whole."""
+def warn_skipped(path: str, problem: str) -> None:
+  """What predict does by default with a folder's unreadable image: one line on stderr (the problem names it)."""
+  del path
+  print(f"vlm_jax.predict: warning: {problem}; skipped", file=sys.stderr, flush=True)
+
+
+def _image_batches(paths: list, data_config, batch_size: int, on_skip=None):
+  """Yields (paths, float32[b <= B, S, S, 3]) a batch at a time: a folder is streamed, never held in memory whole.
+
+  With on_skip (a folder), an image that cannot be read (undecodable, above max_image_pixels) is given to
+  on_skip(path, problem: one line naming it and why) and left out; UserError if no image at all could be read.
+  Without it (one file), the bad image is the UserError.
+  """
   load = lambda p: load_image(p, data_config.image_size, data_config.get("normalization", "siglip") or "siglip",
                               int(data_config.get("max_image_pixels", 0) or 0))
-  for begin in range(0, len(paths), batch_size):
-    chunk = paths[begin:begin + batch_size]
-    yield chunk, np.stack([load(p) for p in chunk])
+  chunk, arrays, read = [], [], 0
+  for path in paths:
+    try:
+      arrays.append(load(path))
+    except UserError as e:
+      if on_skip is None:
+        raise
+      on_skip(path, str(e))
+      continue
+    chunk.append(path)
+    read += 1
+    if len(chunk) == batch_size:
+      yield chunk, np.stack(arrays)
+      chunk, arrays = [], []
+  if chunk:
+    yield chunk, np.stack(arrays)
+  if not read:
+    raise UserError(f"none of the {len(paths)} image files in {os.path.dirname(paths[0])} could be read")
 
 
 def task_for(model_name: str, prompt, labels) -> str:
@@ -174,17 +201,19 @@ class Predictor:
     return [{self.task: t, "scores": {"log_likelihood": float(s)}} for t, s in zip(texts, scores)]
 
 
-def predict(workdir: str, path: str, prompt=None, labels=None, beams: int = 1):
+def predict(workdir: str, path: str, prompt=None, labels=None, beams: int = 1, on_skip=warn_skipped):
   """Yields one result dict per image of `path`: {"image", "caption" | "answer" | "label", "scores"}.
 
-  Everything a user can get wrong (files, task) is checked before the model is built, so it fails fast.
+  Everything a user can get wrong (files, task) is checked before the model is built, so it fails fast. In a
+  folder, an image that cannot be read is reported (on_skip(path, problem); by default one warning line on
+  stderr) and skipped; a folder with no readable image, or a single unreadable file, is a UserError.
   """
   workdir = os.path.abspath(os.path.expanduser(workdir))
   config = run_config.load_workdir_config(workdir)
   task = task_for(config.model.name, prompt, labels)
   paths = image_paths(path)
   batch = min(BATCH_SIZE, len(paths))
-  batches = _image_batches(paths, config.data, batch)
+  batches = _image_batches(paths, config.data, batch, on_skip if os.path.isdir(path) else None)
   first = next(batches)  # a bad first image fails before the model is built
   predictor = Predictor(workdir)
   predictor.prepare(task, labels, beams)

@@ -10,7 +10,9 @@ PATH is an image file or a folder (every image file in it, in name order, run in
 - --labels "a,b,c": zero-shot classification (two-tower or CoCa), each label in prompt templates averaged.
 With --json, one JSON object per image: {"image", "caption" | "answer" | "label", "scores"}; scores are the
 label probabilities, or the generated text's log-likelihood. A mistake (missing file, not an image, a model
-that cannot do the task) is one line on stderr and exit status 1.
+that cannot do the task) is one line on stderr and exit status 1. In a folder, an image that cannot be read
+(undecodable, above config.data.max_image_pixels) is one warning line on stderr and skipped; exit status 1
+only when none could be read.
 """
 
 import argparse

@@ -10,6 +10,7 @@ This module imports no jax: config files import it. `validate` reads the model r
 
 import json
 import os
+import re
 import warnings
 
 import ml_collections
@@ -108,6 +109,29 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def data_source(**fields) -> ml_collections.ConfigDict:
+  """One entry of config.data.sources: every source field at its default (so that each can be set on the command
+  line, --config.data.sources.NAME.FIELD=...) and weight=1.0, updated by `fields`."""
+  unknown = sorted(set(fields) - set(source_defaults()) - {"weight"})
+  if unknown:
+    raise UserError(f"{unknown[0]} is not a source field; expected some of {sorted(source_defaults())} and weight")
+  return ml_collections.ConfigDict({**source_defaults(), "weight": 1.0, **fields})
+
+
+def add_sources(config, names) -> ml_collections.ConfigDict:
+  """config with config.data.sources.NAME for each of the comma-separated `names` (a config file's argument:
+  --config configs/image_text_clip.py:web,coco), each a copy of config.data.source with weight 1.0 (data_source),
+  to be set on the command line: --config.data.sources.web.format=webdataset --config.data.sources.web.weight=3 ...
+  No names: config unchanged."""
+  for name in (n.strip() for n in (names or "").split(",")):
+    if not name:
+      continue
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+      raise UserError(f"source name {name!r} (from the config's argument) must be a Python identifier, as "
+                      "--config.data.sources.NAME.FIELD flags need")
+    config.data.sources[name] = data_source(**config.data.source.to_dict())
+  return config
+
 def data_defaults() -> dict:
   """The config.data keys of the image pipeline and the user's own data (the scenes datasets use the first two
   and leave the others at their defaults)."""
@@ -115,7 +139,8 @@ def data_defaults() -> dict:
       normalization="siglip",   # image input: "siglip" = [-1, 1] (every run before this key), "clip" = mean/std
       num_threads=0,            # grain threads for training batches (0 = 2, the 2-core default)
       source=ml_collections.ConfigDict(source_defaults()),
-      # Mixing several sources: config.data.sources.NAME = dict(format=..., annotations=..., weight=w).
+      # Mixing several sources: config.data.sources.NAME = data_source(format=..., annotations=..., weight=w), or
+      # named by a config file's argument (configs/image_text_clip.py:web,coco, see add_sources).
       sources=ml_collections.ConfigDict(),
       max_image_pixels=0,       # refuse larger images from their header (0 = 89 478 485, Pillow's limit)
       stored_image_size=0,      # the shorter side images are prepared at (0 = 8/7 of image_size)

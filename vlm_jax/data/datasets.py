@@ -271,8 +271,8 @@ class ImageTextBuilder(Builder):
   def directory(self) -> str:
     """The prepared source's folder; with several sources, the folder of their shared tokenizer and report."""
     if not hasattr(self, "_directory"):
-      if len(self.parts) == 1:
-        self._directory = image_text.prepared_dir(self.config, int(self.source.get("seed", 0)))
+      if len(self.parts) == 1:  # config.data.source, or config.data.sources' only entry
+        self._directory = self._part_dir(self.parts[0][1])
       else:
         self._directory = image_text.mix_dir(self.config, [(name, self._part_dir(c), w) for name, c, w in self.parts])
     return self._directory
@@ -280,16 +280,23 @@ class ImageTextBuilder(Builder):
   def _part_dir(self, part_config) -> str:
     return image_text.prepared_dir(part_config, int(part_config.source.get("seed", 0)))
 
+  def _in_part(self, name: str, error: UserError) -> UserError:
+    """A source's error as the user sets that source: from config.data.sources, config.data.sources.NAME.* for
+    config.data.source.*."""
+    if not self.config.get("sources"):
+      return error
+    message = str(error).replace("config.data.source.", f"config.data.sources.{name}.")
+    return UserError(message if f"config.data.sources.{name}." in message else f"config.data.sources.{name}: {message}")
+
   def check_config(self) -> None:
     super().check_config()
     for name, part_config, weight in self.parts:
-      where = "" if len(self.parts) == 1 else f"config.data.sources.{name}: "
       try:
         image_text.check_source(part_config.source)
+        if not weight > 0:
+          raise UserError(f"config.data.source.weight={weight!r} must be > 0")
       except UserError as e:
-        raise UserError(where + str(e)) from None
-      if not weight > 0:
-        raise UserError(f"{where}weight={weight!r} must be > 0")
+        raise self._in_part(name, e) from None
     crop = self.config.get("train_crop", "random_resized")
     if crop not in images_lib.TRAIN_CROPS:
       raise UserError(f"config.data.train_crop={crop!r}: expected one of {images_lib.TRAIN_CROPS}")
@@ -297,8 +304,13 @@ class ImageTextBuilder(Builder):
   def prepare(self) -> None:
     self.check_config()
     workers = int(self.config.get("prepare_workers", 0) or 0)
-    reports = {name: image_text.prepare(c, int(c.source.get("seed", 0)), self._part_dir(c), name=name, workers=workers)
-               for name, c, _ in self.parts}
+    reports = {}
+    for name, part_config, _ in self.parts:
+      try:
+        reports[name] = image_text.prepare(part_config, int(part_config.source.get("seed", 0)),
+                                           self._part_dir(part_config), name=name, workers=workers)
+      except UserError as e:
+        raise self._in_part(name, e) from None
     if len(self.parts) == 1:
       self.report = next(iter(reports.values()))
     else:

@@ -9,11 +9,12 @@ negatives and questions; "fashion_mnist" is the plain labelled images for the "c
 Training batches come from a grain `MapDataset` over a random-access source, so shuffling, per-example
 randomness and each process's part are all functions of (seed, index): the global order is defined once by
 the seed, and process p of P takes rows [p B/P, (p+1) B/P) of every global batch of B, so a run sees the same
-batches on any number of processes. The returned iterator's state (get_state/set_state) is just a position
-that can be checkpointed with the model.
+batches on any number of processes. The returned iterator (TrainIterator) saves its state as a position in
+that global order, so a checkpoint written by P processes resumes at the same place on any other number.
 """
 
 import functools
+import math
 import os
 import threading
 import time
@@ -308,14 +309,66 @@ def global_indices(length: int, seed: int, batch_size: int, steps: int, process_
   return np.array([dataset[i] for i in range(steps * local)]).reshape(steps, local)
 
 
+class TrainIterator(grain.DatasetIterator):
+  """This process's training batches, with a state that any number of processes can resume from.
+
+  get_state() -> {"grain": grain's own state of this process's stream (its "next_index", in its examples),
+  "global_position": where the global order resumes, "batch_size", "process_index", "process_count"}.
+  global_position is the index in the global order (the seeded shuffle, epochs included) of the first
+  example of the next global batch that this process has not begun: global batches consumed x batch_size,
+  exactly, when no record was skipped (with one process, grain's own position, exactly).
+
+  restore(states) takes the states of every process of the saved run, {(process_index, process_count):
+  state}: its own one is set as is (bit-exact, skipped records included) when the run's layout is the saved
+  one; on another number of processes (or batch size) each process starts at the global batch at or after
+  the furthest saved global_position (no example read twice; with skipped records, up to a global batch
+  passed over). A state without "grain" is the plain grain state that one-process runs saved before this
+  class (the one-process stream is the global order, so its next_index is the global position).
+  """
+
+  def __init__(self, parent, *, batch_size: int, process_index: int, process_count: int):
+    super().__init__(parent)
+    self._batch_size, self._index, self._count = batch_size, process_index, process_count
+    self._local = batch_size // process_count
+
+  def __next__(self):
+    return next(self._parent)
+
+  def get_state(self) -> dict:
+    inner = self._parent.get_state()
+    read = inner["next_index"]
+    position = read if self._count == 1 else math.ceil(read / self._local) * self._batch_size
+    return {"grain": inner, "global_position": int(position), "batch_size": self._batch_size,
+            "process_index": self._index, "process_count": self._count}
+
+  def set_state(self, state: dict) -> None:
+    """A state of this layout (or a legacy one-process state) as is; otherwise its global position."""
+    self.restore({(state.get("process_index", 0), state.get("process_count", 1)): state})
+
+  def restore(self, states: dict) -> None:
+    own = states.get((self._index, self._count))
+    if own is not None and "grain" not in own and self._count == 1:
+      self._parent.set_state(own)  # legacy: a one-process run's grain state, restored as before
+    elif own is not None and "grain" in own and own["batch_size"] == self._batch_size:
+      self._parent.set_state(own["grain"])
+    else:
+      if not states:
+        raise ValueError("no data iterator state to restore")
+      position = max(s["global_position"] if "grain" in s else s["next_index"] for s in states.values())
+      inner = self._parent.get_state()
+      inner["next_index"] = math.ceil(position / self._batch_size) * self._local
+      self._parent.set_state(inner)
+    self._parent.start_prefetch()
+
+
 def train_iterator(data_config, tokenizer: Tokenizer | None, *, batch_size: int, seed: int, task: str,
                    process_index: int = 0, process_count: int = 1):
   """Endless iterator of this process's training batches (dicts of numpy, leading dim B/P).
 
   The global order (a shuffle of the train split by `seed`, anew every epoch) does not depend on the number
-  of processes: process p takes rows [p B/P, (p+1) B/P) of each global batch of B. The iterator has
-  get_state()/set_state() for exact resumption. task "classification" (data "fashion_mnist") gives
-  {"image": float32 [B/P,28,28,3], "label": int32 [B/P]} and ignores the tokenizer.
+  of processes: process p takes rows [p B/P, (p+1) B/P) of each global batch of B. The iterator's state
+  (TrainIterator) resumes exactly, on this or any other number of processes. task "classification" (data
+  "fashion_mnist") gives {"image": float32 [B/P,28,28,3], "label": int32 [B/P]} and ignores the tokenizer.
   """
   if task not in TASKS:
     raise UserError(f"unknown data task {task!r}; expected one of {TASKS}")
@@ -343,7 +396,8 @@ def train_iterator(data_config, tokenizer: Tokenizer | None, *, batch_size: int,
   read_options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(2 * batch_size, 4 * threads))
   dataset = dataset.to_iter_dataset(read_options)
   dataset = dataset.batch(batch_size // process_count, drop_remainder=True)
-  return iter(dataset)
+  return TrainIterator(iter(dataset), batch_size=batch_size, process_index=process_index,
+                       process_count=process_count)
 
 
 # ----------------------------------------------------------------------------- evaluation

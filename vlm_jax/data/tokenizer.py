@@ -7,6 +7,7 @@ eos_id, never assume them. `encode` never adds BOS/EOS; `tokenize` does, with pa
 """
 
 import io
+import json
 import os
 import shutil
 from typing import Iterable, Protocol, Sequence
@@ -95,12 +96,15 @@ class SentencePieceTokenizer:
 class HFTokenizer:
   """A Hugging Face tokenizer.json (the `tokenizers` package): an existing LM's vocabulary.
 
-  BOS / EOS / pad are found among its special tokens by their usual spellings; one missing is a UserError
-  (BOS and EOS are needed) or, for pad, the EOS id.
+  BOS / EOS / pad are the tokens that the files beside it name (special_tokens_map.json, else
+  tokenizer_config.json: "bos_token", "eos_token", "pad_token", as Hugging Face saves them), else the first of
+  the usual spellings (BOS, EOS, PAD below) in its vocabulary. BOS or EOS missing is a UserError naming it
+  (the models need both); pad missing falls back to the EOS id (padding is masked out, so any id serves).
   """
   BOS = ("<s>", "<|begin_of_text|>", "<bos>", "[CLS]", "<|startoftext|>", "<|im_start|>")
   EOS = ("</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>", "[SEP]", "<|eot_id|>", "<|im_end|>")
   PAD = ("<pad>", "[PAD]", "<|pad|>", "<|finetune_right_pad_id|>")
+  SPECIAL_FILES = ("special_tokens_map.json", "tokenizer_config.json")
 
   def __init__(self, path: str):
     try:
@@ -114,12 +118,51 @@ class HFTokenizer:
     except Exception as e:  # the Rust library raises its own exception type
       raise UserError(f"{path} is not a tokenizer.json ({str(e).splitlines()[0][:120]})") from None
     self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
-    find = lambda names: next((i for i in map(self._tok.token_to_id, names) if i is not None), None)
-    self.bos_id, self.eos_id, self.pad_id = find(self.BOS), find(self.EOS), find(self.PAD)
-    if self.bos_id is None or self.eos_id is None:
-      raise UserError(f"{path}: no BOS or EOS token among {self.BOS} / {self.EOS}; the models need both")
-    if self.pad_id is None:
-      self.pad_id = self.eos_id
+    named = self._named_tokens(os.path.dirname(path))
+    ids = {}
+    for role, spellings in (("bos", self.BOS), ("eos", self.EOS), ("pad", self.PAD)):
+      token = named.get(f"{role}_token")
+      if token is not None:
+        if self._tok.token_to_id(token) is None:
+          raise UserError(f"{path}: {role}_token {token!r} (from {named['file']}) is not in its vocabulary")
+        ids[role] = self._tok.token_to_id(token)
+      else:
+        ids[role] = next((i for i in map(self._tok.token_to_id, spellings) if i is not None), None)
+    for role, spellings in (("bos", self.BOS), ("eos", self.EOS)):
+      if ids[role] is None:
+        raise UserError(f"{path} has no {role.upper()} token: none of {', '.join(spellings)} is in its vocabulary "
+                        f"and no {' or '.join(self.SPECIAL_FILES)} beside it names a {role}_token; the models need "
+                        "BOS and EOS")
+    self.bos_id, self.eos_id = ids["bos"], ids["eos"]
+    self.pad_id = self.eos_id if ids["pad"] is None else ids["pad"]
+
+  @classmethod
+  def _named_tokens(cls, directory: str) -> dict:
+    """{"bos_token"/"eos_token"/"pad_token": str, "file": where} from the first special-tokens file beside the
+    tokenizer.json that names any ({} if none); a value may be a string or {"content": str} (Hugging Face's
+    AddedToken)."""
+    for name in cls.SPECIAL_FILES:
+      path = os.path.join(directory, name)
+      if not os.path.isfile(path):
+        continue
+      try:
+        with open(path) as f:
+          saved = json.load(f)
+      except (OSError, ValueError) as e:
+        raise UserError(f"{path} is not JSON ({str(e).splitlines()[0][:120]})") from None
+      named = {}
+      for key in ("bos_token", "eos_token", "pad_token"):
+        value = saved.get(key) if isinstance(saved, dict) else None
+        value = value.get("content") if isinstance(value, dict) else value
+        if isinstance(value, str):
+          named[key] = value
+      if named:
+        return {**named, "file": path}
+    return {}
+
+  def special_tokens(self) -> dict:
+    """{"bos_token", "eos_token", "pad_token"}: the tokens of the ids in use (what the workdir's copy records)."""
+    return {f"{role}_token": self._tok.id_to_token(getattr(self, f"{role}_id")) for role in ("bos", "eos", "pad")}
 
   def encode(self, text: str) -> list[int]:
     return self._tok.encode(text, add_special_tokens=False).ids
@@ -226,14 +269,25 @@ def _workdir_file(tokenizer) -> str:
 
 def save_to_workdir(tokenizer: Tokenizer, workdir: str) -> None:
   """Copies a SentencePiece model or tokenizer.json into the workdir, so that the workdir alone is enough for
-  inference and evaluation."""
+  inference and evaluation; beside a tokenizer.json, its special tokens in use (special_tokens_map.json)."""
   if isinstance(tokenizer, (SentencePieceTokenizer, HFTokenizer)):
     path = os.path.join(workdir, _workdir_file(tokenizer))
     if os.path.abspath(tokenizer.model_path) == os.path.abspath(path):
       return
-    tmp_path = f"{path}.tmp{os.getpid()}"
-    shutil.copyfile(tokenizer.model_path, tmp_path)
-    os.replace(tmp_path, path)  # never a half-copied model beside a checkpoint
+    if isinstance(tokenizer, HFTokenizer):
+
+      def write_special(tmp_path):
+        with open(tmp_path, "w") as f:
+          json.dump(tokenizer.special_tokens(), f, indent=1)
+      _write_atomically(os.path.join(workdir, HFTokenizer.SPECIAL_FILES[0]), write_special)
+    _write_atomically(path, lambda tmp: shutil.copyfile(tokenizer.model_path, tmp))
+
+
+def _write_atomically(path: str, write) -> None:
+  """write(a temporary path), then a rename: never a half-copied file beside a checkpoint."""
+  tmp_path = f"{path}.tmp{os.getpid()}"
+  write(tmp_path)
+  os.replace(tmp_path, path)
 
 
 def load_for_workdir(workdir: str, data_config) -> Tokenizer:

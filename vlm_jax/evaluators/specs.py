@@ -1,7 +1,9 @@
 """config.evals, read and checked: which evaluators run, on which split, how often, under which key prefix.
 
 Each entry `config.evals.NAME = dict(type=..., split=..., every=..., prefix=...)` names an evaluator type
-(EVAL_TYPES) that the model can be scored with (its module's EVAL_TYPES). vlm_jax.evaluation runs them.
+(EVAL_TYPES) that the model can be scored with (its module's EVAL_TYPES). vlm_jax.evaluation runs them. An
+entry with type "" is switched off: a config can hold one for the command line to switch on
+(--config.evals.NAME.type=zero_shot).
 """
 
 from vlm_jax import models
@@ -17,8 +19,8 @@ def eval_specs(config) -> list:
   Each entry `config.evals.NAME` has a `type` (EVAL_TYPES), the `split` it scores at the end of training
   (default config.eval.split), `every` (run on config.eval.periodic_split every that many steps during
   training; default config.eval_every_steps, 0 = never), and `prefix` for its keys in eval.json (default ""
-  on the main split, "<split>/" on another). With no entries, the model's DEFAULT_EVALS run on
-  config.eval.split and on each of config.eval.extra_splits (keys prefixed "<split>/").
+  on the main split, "<split>/" on another); type "" leaves the entry out. With no entries, the model's
+  DEFAULT_EVALS run on config.eval.split and on each of config.eval.extra_splits (keys prefixed "<split>/").
   """
   name = config.model.name
   model = models.get(name)
@@ -37,6 +39,8 @@ def eval_specs(config) -> list:
     unknown = sorted(set(entry) - SPEC_KEYS)
     if unknown:
       raise UserError(f"{where}.{unknown[0]} is not an evaluator option; expected some of {sorted(SPEC_KEYS)}")
+    if entry.get("type") == "":
+      continue  # switched off
     kind = entry.get("type")
     if kind not in EVAL_TYPES:
       raise UserError(f"{where}.type={kind!r} is not an evaluator; expected one of {EVAL_TYPES}")
