@@ -316,22 +316,41 @@ def _beam_search(decoder, cache, first_logits, tokens, start, config: DecodeConf
 
 # --------------------------------------------------------------------------------------------- entry points
 
+def _extend_self_cache(cache, positions: int):
+  """`cache` with `positions` more (zero) positions after the ones held in every self-attention key/value
+  cache (the leaves under "layers" and a "self" key, float[..., S, head_dim])."""
+  def extend(path, leaf):
+    keys = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+    if "layers" not in keys or "self" not in keys:
+      return leaf
+    return jnp.pad(leaf, [(0, 0)] * (leaf.ndim - 2) + [(0, positions), (0, 0)])
+  return jax.tree_util.tree_map_with_path(extend, cache)
+
+
 def generate(model, params, images, tokens, start, *, config: DecodeConfig, eos_id: int, pad_id: int = 0,
-             rng=None):
+             rng=None, prompt_len: int = 0):
   """Continues `tokens` int[B, L] from `start` int[B] for a PrefixLM or CoCa conditioned on `images`
   float[B, H, W, 3] (None for a text-only LM: CausalLM or TextTransformer). Returns (tokens int[B, L], scores float[B]):
   the log-likelihood of the generated tokens, or for beam search the best hypothesis' penalised score.
+
+  prompt_len > 0 promises that every prompt fits in tokens[:, :prompt_len] (start <= prompt_len): the
+  prefill then encodes only those positions, not the whole buffer (0: the whole buffer). On CPU the
+  decoder runs with its blocks' params in the loop layout (see layers.Stack).
   """
   params = nn.meta.unbox(params)
-  if jax.default_backend() == "cpu":  # see layers.Stack: a loop reads each step's weights where they lie
-    params = layers.to_loop_layout(params)
-  decoder = _Decoder(model, params)
   image_tokens = None
   if images is not None:
     image_tokens = model.apply({"params": params}, images, method="image_tokens")
+  if jax.default_backend() == "cpu":  # see layers.Stack: a loop reads each step's weights where they lie
+    params = layers.to_loop_layout(params)
+  decoder = _Decoder(model, params)
   start = jnp.asarray(start, jnp.int32)
-  logits, cache = decoder.prefill(tokens, start, image_tokens)
-  first = logits[jnp.arange(tokens.shape[0]), jnp.clip(start - 1, 0, tokens.shape[1] - 1)]
+  length = tokens.shape[1]
+  prefilled = prompt_len if 0 < prompt_len < length else length
+  logits, cache = decoder.prefill(tokens[:, :prefilled], start, image_tokens)
+  if prefilled < length:
+    cache = _extend_self_cache(cache, length - prefilled)
+  first = logits[jnp.arange(tokens.shape[0]), jnp.clip(start - 1, 0, prefilled - 1)]
   if config.method == "beam":
     seqs, scores = _beam_search(decoder, cache, first, tokens, start, config, eos_id, pad_id)
     return seqs[:, 0], scores[:, 0]
@@ -339,8 +358,9 @@ def generate(model, params, images, tokens, start, *, config: DecodeConfig, eos_
   return _sample(decoder, cache, first, tokens, start, config, eos_id, rng)
 
 
-def make_generate(model, config: DecodeConfig, eos_id: int, pad_id: int = 0):
+def make_generate(model, config: DecodeConfig, eos_id: int, pad_id: int = 0, prompt_len: int = 0):
   """jit of `generate`: fn(params, images, tokens, start, rng) -> (tokens int[B, L], scores float[B])."""
   def fn(params, images, tokens, start, rng):
-    return generate(model, params, images, tokens, start, config=config, eos_id=eos_id, pad_id=pad_id, rng=rng)
+    return generate(model, params, images, tokens, start, config=config, eos_id=eos_id, pad_id=pad_id, rng=rng,
+                    prompt_len=prompt_len)
   return jax.jit(fn)

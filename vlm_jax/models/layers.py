@@ -117,6 +117,23 @@ def norm(kind: str, name: str, dtype: Dtype, epsilon: float = 1e-6) -> nn.Module
 MLP_TYPES = tuple(ACTIVATIONS) + ("swiglu",)
 
 
+class DenseParams(nn.Module):
+  """The params of `dense(features, names, ...)` (same names, shapes, initializers and so the same initial
+  values), returned as (kernel float[in, features], bias float[features] or None) for a caller that
+  multiplies several of them at once."""
+  features: int
+  names: tuple
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, in_features: int):
+    kernel = self.param("kernel", partitioned(nn.initializers.xavier_uniform(), self.names), (in_features, self.features))
+    bias = None
+    if self.use_bias:
+      bias = self.param("bias", partitioned(nn.initializers.zeros, self.names[-1:]), (self.features,))
+    return kernel, bias
+
+
 class MlpBlock(nn.Module):
   """Dense -> activation -> Dense (fc1, fc2), or SwiGLU down(silu(gate(x)) * up(x)); back to the input width."""
   mlp_dim: int
@@ -129,7 +146,16 @@ class MlpBlock(nn.Module):
     width = x.shape[-1]
     linear = lambda features, names, name: dense(features, names, self.dtype, name, self.use_bias)
     if self.activation == "swiglu":
-      h = nn.silu(linear(self.mlp_dim, ("embed", "mlp"), "gate")(x)) * linear(self.mlp_dim, ("embed", "mlp"), "up")(x)
+      # gate and up as ONE matmul over their kernels stacked on the fly (the parameters stay separate, as
+      # HF names them; stacked on a new axis, so an "mlp"-sharded kernel stays local): one [D, 2F] matmul
+      # is faster than two [D, F] ones, and in decoding XLA hoists the stacking out of the token loop.
+      names = ("embed", "mlp")
+      gate, up = (DenseParams(self.mlp_dim, names, self.use_bias, name=name)(width) for name in ("gate", "up"))
+      kernel = jnp.stack([gate[0], up[0]], axis=1).astype(self.dtype)  # [D, 2, F]
+      h = jnp.einsum("...d,dnf->...nf", x.astype(self.dtype), kernel)
+      if self.use_bias:
+        h = h + jnp.stack([gate[1], up[1]]).astype(self.dtype)
+      h = nn.silu(h[..., 0, :]) * h[..., 1, :]
       return linear(width, ("mlp", "embed"), "down")(h)
     if self.activation not in ACTIVATIONS:
       raise ValueError(f"unknown mlp {self.activation!r}; expected one of {MLP_TYPES}")
@@ -259,19 +285,33 @@ class Attention(nn.Module):
       k, v = cache["key"], cache["value"]
     new_cache = {"key": k, "value": v} if heads_first else None
 
+    b, t = x.shape[0], x.shape[1]
+    one_step = heads_first and t == 1  # decoding one token against the cache
     key_spec = "bksh" if heads_first else "bskh"
-    logits = jnp.einsum(f"btkgh,{key_spec}->bkgts", q, k)
+    if one_step:
+      logits = jnp.einsum("bkgh,bksh->bkgs", q[:, 0], k)[:, :, :, None]
+    else:
+      logits = jnp.einsum(f"btkgh,{key_spec}->bkgts", q, k)
     if mask is not None:
       logits = jnp.where(mask[:, :, None], logits, jnp.finfo(logits.dtype).min)
     # Softmax in float32 whatever the compute dtype: bf16 exponentials lose the small weights.
     weights = jax.nn.softmax(at_least_float32(logits), axis=-1).astype(dtype)
-    b, t, s = x.shape[0], x.shape[1], weights.shape[-1]
+    s = weights.shape[-1]
     self.sow("intermediates", "attention_weights", weights.reshape(b, self.num_heads, t, s))
-    out = jnp.einsum(f"bkgts,{key_spec}->btkgh", weights, v).reshape(b, t, self.num_heads, head_dim)
+    if one_step:
+      # A weighted sum over the cached positions (one fused loop reading the cache as it lies) instead of a
+      # batched [S] x [S, hd] matmul per row and head: on CPU ~6x faster at batch 8, and the result comes out
+      # heads-major, so the output projection reads its kernel as it lies (the matmul's [B, kv, hd, group]
+      # result made XLA transpose that kernel at every step).
+      out = jnp.sum(weights[:, :, :, 0, :, None] * v[:, :, None], axis=3).reshape(b, t, self.num_heads, head_dim)
+    else:
+      out = jnp.einsum(f"bkgts,{key_spec}->btkgh", weights, v).reshape(b, t, self.num_heads, head_dim)
     out_kernel = self.param("out_kernel",
                             partitioned(nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2),
                                         ("heads", "kv", "embed")), (self.num_heads, head_dim, width))
-    y = jnp.einsum("bthd,hde->bte", out, out_kernel.astype(dtype))
+    # One contraction over heads * head_dim, flattened here: given the two axes, XLA:CPU flattened them in
+    # the other order and transposed the kernel and the activations at every call.
+    y = jnp.einsum("btf,fe->bte", out.reshape(b, t, -1), out_kernel.astype(dtype).reshape(-1, width))
     if self.use_bias:
       y = y + self.param("out_bias", partitioned(nn.initializers.zeros, ("embed",)), (width,)).astype(dtype)
     return y, new_cache
