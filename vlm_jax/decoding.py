@@ -316,6 +316,15 @@ def _beam_search(decoder, cache, first_logits, tokens, start, config: DecodeConf
 
 # --------------------------------------------------------------------------------------------- entry points
 
+def prepare_params(params):
+  """The params as `generate` decodes with them: unboxed and, on CPU, with every scanned stack of blocks
+  split into its blocks (layers.to_loop_layout; see layers.Stack for why). Idempotent; generate calls it,
+  so calling it once beforehand (jitted) saves copying the blocks' weights at every call, at the price of
+  holding a second copy of them."""
+  params = nn.meta.unbox(params)
+  return layers.to_loop_layout(params) if jax.default_backend() == "cpu" else params
+
+
 def _extend_self_cache(cache, positions: int):
   """`cache` with `positions` more (zero) positions after the ones held in every self-attention key/value
   cache (the leaves under "layers" and a "self" key, float[..., S, head_dim])."""
@@ -334,16 +343,14 @@ def generate(model, params, images, tokens, start, *, config: DecodeConfig, eos_
   the log-likelihood of the generated tokens, or for beam search the best hypothesis' penalised score.
 
   prompt_len > 0 promises that every prompt fits in tokens[:, :prompt_len] (start <= prompt_len): the
-  prefill then encodes only those positions, not the whole buffer (0: the whole buffer). On CPU the
-  decoder runs with its blocks' params in the loop layout (see layers.Stack).
+  prefill then encodes only those positions, not the whole buffer (0: the whole buffer). The decoder runs
+  with prepare_params(params).
   """
   params = nn.meta.unbox(params)
   image_tokens = None
   if images is not None:
     image_tokens = model.apply({"params": params}, images, method="image_tokens")
-  if jax.default_backend() == "cpu":  # see layers.Stack: a loop reads each step's weights where they lie
-    params = layers.to_loop_layout(params)
-  decoder = _Decoder(model, params)
+  decoder = _Decoder(model, prepare_params(params))
   start = jnp.asarray(start, jnp.int32)
   length = tokens.shape[1]
   prefilled = prompt_len if 0 < prompt_len < length else length

@@ -127,7 +127,8 @@ class DenseParams(nn.Module):
 
   @nn.compact
   def __call__(self, in_features: int):
-    kernel = self.param("kernel", partitioned(nn.initializers.xavier_uniform(), self.names), (in_features, self.features))
+    kernel = self.param("kernel", partitioned(nn.initializers.xavier_uniform(), self.names),
+                        (in_features, self.features))
     bias = None
     if self.use_bias:
       bias = self.param("bias", partitioned(nn.initializers.zeros, self.names[-1:]), (self.features,))
