@@ -17,7 +17,8 @@ Each cell runs both engines once to warm up (compilation excluded), then `repeat
 time of each counts. transformers runs with torch's default threads and with one (on a busy machine
 OpenMP's spinning threads can collapse), and its faster figure counts. Tokens/s count new tokens only
 (prefill included in the time). `--uncached` also times vlm_jax recomputing the whole buffer at every
-step (greedy, batch 8). Prints a table and one JSON line, with the CPU model and the load average. Needs torch and transformers (benchmarks/requirements.txt).
+step (greedy, batch 8). Prints a table and one JSON line, with the CPU model and the load average.
+Needs torch and transformers (benchmarks/requirements.txt).
 """
 
 import argparse
