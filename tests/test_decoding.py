@@ -195,6 +195,53 @@ def test_eos_stops_a_row_and_leaves_padding_after_it(config):
   assert [decoding.generated_ids(row, s, EOS, PAD) for row, s in zip(got, START)] == [[]] * len(START)
 
 
+def test_nucleus_mask_keeps_the_smallest_most_likely_set_reaching_top_p():
+  """Against the definition in float64 (sort, cumulative sum): for top_p halfway between two cumulative
+  sums, so float32 rounding of the sums cannot move the edge; rows with ties (rounded logits) included."""
+  rng = np.random.default_rng(0)
+  logits = rng.normal(0.0, 2.0, (6, 300)).astype(np.float32)
+  logits[3:] = np.round(logits[3:])  # ties across the edge
+  mask_fn = jax.jit(decoding.nucleus_mask)  # top_p float[B, 1] traced: one row's top_p each, one compile
+  for top_p_rank in (0, 5, 120):
+    expected, top_p = [], []
+    for row in logits.astype(np.float64):
+      probs = np.exp(row - row.max()) / np.exp(row - row.max()).sum()
+      order = np.argsort(-row, kind="stable")
+      cumulative = np.cumsum(probs[order])
+      p = (cumulative[top_p_rank - 1] + cumulative[top_p_rank]) / 2 if top_p_rank else cumulative[0] / 2
+      count = int(np.searchsorted(cumulative, p)) + 1  # the fewest tokens whose mass reaches p
+      expected.append(row >= row[order[count - 1]])  # and every token tied with the last of them
+      top_p.append(p)
+    got = mask_fn(jnp.asarray(logits), jnp.asarray(top_p, jnp.float32)[:, None])
+    np.testing.assert_array_equal(np.asarray(got), np.array(expected))
+
+
+def test_sample_draws_each_token_at_its_probability_and_never_an_impossible_one():
+  """40000 draws from one distribution with zeros among its tokens: each frequency within 0.012 of its
+  probability (over 5 standard deviations, sqrt(0.25 / 40000) = 0.0025); the zeros never drawn."""
+  probs = np.array([0.5, 0.0, 0.25, 0.15, 0.1, 0.0])
+  logits = jnp.log(jnp.asarray(np.tile(probs, (40000, 1)), jnp.float32))
+  drawn = np.asarray(jax.jit(decoding.sample)(jax.random.key(0), logits))
+  frequencies = np.bincount(drawn, minlength=len(probs)) / len(drawn)
+  np.testing.assert_allclose(frequencies, probs, atol=0.012)
+  assert frequencies[1] == frequencies[5] == 0.0
+
+
+def test_argmax_is_the_first_index_of_the_maximum():
+  x = jnp.array([[1.0, 3.0, 3.0, -jnp.inf], [-jnp.inf, -jnp.inf, 0.0, 0.0], [2.0, 1.0, 0.0, 2.0]])
+  assert decoding.argmax(x).tolist() == jnp.argmax(x, axis=-1).tolist() == [1, 2, 0]
+
+
+@pytest.mark.parametrize("name", ["coca", "prefix_lm"])
+def test_prefill_of_the_prompts_only_writes_the_tokens_of_the_whole_buffer_prefill(name):
+  """prompt_len: the prefill encodes tokens[:, :max(START)] and the cache is extended for the rest."""
+  model, params, images, tokens = _setup(name)
+  config = decoding.DecodeConfig(max_steps=LENGTH)
+  short = jax.jit(lambda p: decoding.generate(model, p, images, tokens, jnp.asarray(START), config=config, eos_id=-1,
+                                              pad_id=PAD, prompt_len=int(START.max())))
+  np.testing.assert_array_equal(np.asarray(short(params)[0]), _generate(name, eos_id=-1)[0])
+
+
 def test_filter_logits_keeps_the_top_k_and_the_nucleus():
   logits = jnp.log(jnp.array([[0.5, 0.2, 0.2, 0.1]]))
   assert np.isfinite(decoding.filter_logits(logits, top_k=2)).sum() == 3  # a tie at the 2nd value stays

@@ -217,12 +217,34 @@ def test_scan_and_loop_compute_the_same_function_on_restacked_params(config):
   loop_params = noisy(nn.meta.unbox(loop_params))
   restacked = _loop_params_as_scanned(loop_params, scanned_params)
   assert jax.tree.structure(restacked) == jax.tree.structure(nn.meta.unbox(scanned_params))
+  # to_loop_layout is its inverse: the blocks split back out are the loop's, bit for bit.
+  jax.tree.map(np.testing.assert_array_equal, layers.to_loop_layout(restacked), loop_params)
   y_loop, out_loop, _ = loop.apply({"params": loop_params}, x, mask, context)
   y_scan, out_scan, _ = scanned.apply({"params": restacked}, x, mask, context)
   np.testing.assert_allclose(y_scan, y_loop, atol=SAME_MATH_ATOL)
   np.testing.assert_allclose(out_scan["blocks"], out_loop["blocks"], atol=SAME_MATH_ATOL)
   assert out_scan["blocks"].shape == (loop.depth, 2, 6, 8)
   np.testing.assert_allclose(out_scan["block_01"], out_loop["block_01"], atol=SAME_MATH_ATOL)
+
+
+def test_a_scanned_stack_given_loop_layout_params_runs_them_as_the_loop():
+  """What decoding does on CPU: a scan=True Stack (a leftover block and groups of 2 with cross-attention)
+  applied to its params split into blocks computes what it computes on the stacked params, and returns
+  one cache entry per block."""
+  x, context, mask = jax.random.normal(jax.random.key(1), (2, 6, 8)), jnp.ones((2, 5, 8)), layers.causal_mask(6)
+  scanned = _stack(depth=3, cross_attention_every=2)
+  params = nn.meta.unbox(jax.eval_shape(scanned.init, jax.random.key(0), x, mask, context)["params"])
+  params = jax.tree.map(lambda a: jax.random.normal(jax.random.key(3), a.shape), params)
+  assert sorted(params) == ["block_00", "groups"]
+  apply = jax.jit(lambda params: scanned.apply({"params": params}, x, mask, context, cache={}))
+  y, out, cache = apply(params)
+  y_loop, out_loop, cache_loop = apply(layers.to_loop_layout(params))
+  np.testing.assert_allclose(y_loop, y, atol=SAME_MATH_ATOL)
+  np.testing.assert_allclose(out_loop["blocks"], out["blocks"], atol=SAME_MATH_ATOL)
+  assert sorted(cache) == ["cross", "self"] and sorted(cache_loop) == ["block_00", "block_01", "block_02"]
+  np.testing.assert_allclose(cache_loop["block_02"]["self"]["key"], cache["self"]["key"][2], atol=SAME_MATH_ATOL)
+  np.testing.assert_allclose(cache_loop["block_02"]["cross"]["value"], cache["cross"]["value"][1], atol=SAME_MATH_ATOL)
+  assert layers.cache_length(cache_loop) == layers.cache_length(cache) == 6
 
 
 @pytest.mark.parametrize("scan", [False, True])

@@ -55,7 +55,7 @@ class MultimodalDecoder(nn.Module):
 
   def decode_step(self, cache, x, position):
     """One text state float[B, D] per row at position int[B] -> (logits float[B, V], cache)."""
-    length = cache["layers"]["self"]["key"].shape[-2]
+    length = layers.cache_length(cache["layers"])
     x, _, stack_cache = self.transformer(
         x[:, None], mask=text.decode_mask(length, position, jnp.zeros_like(position)), cache=cache["layers"],
         cache_index=position)

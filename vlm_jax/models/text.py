@@ -191,7 +191,7 @@ class TextTransformer(nn.Module):
     to it, plus the whole prefix."""
     absolute = cache["offset"] + position
     x = self._embed(token[:, None], position[:, None])
-    length = cache["layers"]["self"]["key"].shape[-2]
+    length = layers.cache_length(cache["layers"])
     x, _, stack_cache = self.transformer(
         x, mask=decode_mask(length, absolute, cache["prefix_end"]), positions=absolute[:, None],
         cache=cache["layers"], cache_index=absolute)

@@ -109,13 +109,19 @@ class Pretrained:
   def _generators(self) -> dict:
     return {}
 
-  def _generate_fn(self, max_new_tokens: int):
-    """The jitted greedy decoder for `max_new_tokens` (one compile per number of new tokens)."""
-    if max_new_tokens not in self._generators:
+  @functools.cached_property
+  def _decode_params(self):
+    """decoding.prepare_params of the params, made once (on CPU a second copy of the blocks' weights)."""
+    return jax.jit(decoding.prepare_params)(self.params["params"])
+
+  def _generate_fn(self, prompt_len: int, max_new_tokens: int):
+    """The jitted greedy decoder for prompts of `prompt_len` and `max_new_tokens` (one compile per pair)."""
+    if (prompt_len, max_new_tokens) not in self._generators:
       eos, pad = self._special_ids()
       config = decoding.DecodeConfig(method="greedy", max_steps=max_new_tokens)
-      self._generators[max_new_tokens] = decoding.make_generate(self.module, config, eos_id=eos, pad_id=pad)
-    return self._generators[max_new_tokens]
+      self._generators[prompt_len, max_new_tokens] = decoding.make_generate(self.module, config, eos_id=eos,
+                                                                            pad_id=pad, prompt_len=prompt_len)
+    return self._generators[prompt_len, max_new_tokens]
 
   def generate(self, token_ids, max_new_tokens: int) -> np.ndarray:
     """Greedy continuation with the key/value cache, as transformers' `generate(do_sample=False)`.
@@ -133,7 +139,7 @@ class Pretrained:
     b, t = tokens.shape
     buffer = np.full((b, t + max_new_tokens), pad, np.int32)
     buffer[:, :t] = tokens
-    out, _ = self._generate_fn(max_new_tokens)(self.params["params"], None, jnp.asarray(buffer),
+    out, _ = self._generate_fn(t, max_new_tokens)(self._decode_params, None, jnp.asarray(buffer),
                                                jnp.full((b,), t, jnp.int32), jax.random.key(0))
     out = np.asarray(out)
     new = out[:, t:]
