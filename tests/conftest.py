@@ -1,13 +1,10 @@
-"""Test setup: 8 simulated CPU devices (must be set before jax initialises its backend)."""
+"""Test setup: 8 simulated CPU devices and the tests' XLA flags (set before jax initialises its backend)."""
 
 import os
 
-import sys  # noqa: E402
+from xla_env import xla_flags  # tests/ is on sys.path: pytest puts a conftest's folder there to import it
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from xla_env import xla_flags  # noqa: E402
-
-os.environ.setdefault("XLA_FLAGS", xla_flags(devices=8))  # and XLA's quick compile: see xla_env.py
+os.environ.setdefault("XLA_FLAGS", xla_flags(devices=8))  # with the quick compile and one kernel thread: xla_env.py
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Fashion-MNIST: the slice shipped in tests/fixtures (MIT licensed, made by scripts/make_fashion_mnist_fixture.py
 # from Debian's package), so its tests run on every machine; point the variable at the full files to test those.
