@@ -132,6 +132,7 @@ def add_sources(config, names) -> ml_collections.ConfigDict:
     config.data.sources[name] = data_source(**config.data.source.to_dict())
   return config
 
+
 def data_defaults() -> dict:
   """The config.data keys of the image pipeline and the user's own data (the scenes datasets use the first two
   and leave the others at their defaults)."""
