@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from vlm_jax.data import pipeline, shapes
+from vlm_jax.data import negatives, pipeline, shapes
 from vlm_jax.data import tokenizer as tokenizer_lib
 from vlm_jax.errors import UserError
 
@@ -294,6 +294,38 @@ def test_vqa_batches_hold_prompt_then_answer(data_config, sp_tokenizer):
         text[:prefix_len], pipeline.make_vqa_prompt(sp_tokenizer, prompt, 24))
     assert sp_tokenizer.decode(text[prefix_len:])  # a non-empty answer follows
     assert sp_tokenizer.eos_id in text
+
+
+def test_word_swap_negatives_are_false_for_every_true_caption():
+  rng = np.random.default_rng(0)
+  count_words = {f"{w} shape{'s' if i > 1 else ''}": i for i, w in enumerate(shapes.NUMBER_WORDS) if i}
+  kinds = set()
+  for e in examples("train", 100):
+    for caption in e["captions"]:
+      negative = negatives.hard_negative(caption, rng)
+      if caption in count_words:
+        assert abs(count_words[negative] - count_words[caption]) == 1
+        kinds.add("count")
+      elif negative:
+        assert names_in(negative) == names_in(caption) and not relation_holds(e, negative)
+        kinds.add("relation")
+      else:
+        assert caption == e["caption"]  # the canonical list states no relation and no count
+  assert kinds == {"count", "relation"}
+
+
+def test_contrastive_batches_with_hard_negatives_pair_each_text_with_its_swap(data_config, sp_tokenizer):
+  config = ml_collections.ConfigDict({**data_config.to_dict(), "hard_negatives": True})
+  batch = next(pipeline.train_iterator(config, sp_tokenizer, batch_size=32, seed=0, task="contrastive_caption"))
+  plain = next(pipeline.train_iterator(data_config, sp_tokenizer, batch_size=32, seed=0, task="contrastive_caption"))
+  np.testing.assert_array_equal(batch["text"], plain["text"])  # the same texts: the negatives draw after them
+  rng = np.random.default_rng(0)
+  for text, negative, valid in zip(batch["text"], batch["text_negative"], batch["text_negative_valid"]):
+    text = sp_tokenizer.decode(text)
+    assert bool(valid) == bool(negatives.relation_negative(text) or negatives.count_negative(text, rng))
+    if valid:
+      assert sp_tokenizer.decode(negative) not in ("", text)
+  assert 0 < batch["text_negative_valid"].sum() < 32
 
 
 def test_contrastive_batches_hold_true_captions(data_config, sp_tokenizer):

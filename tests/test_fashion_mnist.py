@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from vlm_jax.data import fashion_mnist, pipeline, shapes
+from vlm_jax.data import datasets, fashion_mnist, pipeline, shapes
 from vlm_jax.data import tokenizer as tokenizer_lib
 from vlm_jax.errors import UserError
 from vlm_jax.evaluators import zero_shot
@@ -156,6 +156,26 @@ def test_classification_iterator_is_deterministic_and_resumes_exactly(tmp_path):
   for a, b in zip(expected, take(resumed, 3)):
     np.testing.assert_array_equal(a["image"], b["image"])
     np.testing.assert_array_equal(a["label"], b["label"])
+
+
+def test_crop_flip_shifts_each_image_by_at_most_2_px_or_mirrors_it(tmp_path):
+  arrays = write_fake_dataset(tmp_path, n_train=40)
+  config = ml_collections.ConfigDict({**classifier_config(tmp_path).to_dict(), "augment": "crop_flip"})
+  batch = next(pipeline.train_iterator(config, None, batch_size=32, seed=0, task="classification"))
+  originals = {int(lab): [] for lab in arrays["train"][1]}
+  for image, label in zip(*arrays["train"]):
+    originals[int(label)].append(np.pad(image.astype(np.float32) / 127.5 - 1, 2, constant_values=-1.0))
+  moved = 0
+  for image, label in zip(batch["image"][..., 0], batch["label"]):
+    # Some training image of the label, padded with background, shifted by (dy, dx) and maybe mirrored.
+    views = [view for padded in originals[int(label)] for dy in range(5) for dx in range(5)
+             for view in (padded[dy:dy + 28, dx:dx + 28], padded[dy:dy + 28, dx:dx + 28][:, ::-1])]
+    matches = [i for i, view in enumerate(views) if np.array_equal(view, image)]
+    assert matches, "an augmented image is no shift or mirror of a training image of its label"
+    moved += all(i % 50 != 24 for i in matches)  # index 24: dy = dx = 2 unmirrored, the image as it was
+  assert moved > 16  # 24 of 25 offsets x 2 mirrors move the image
+  with pytest.raises(UserError, match="config.data.augment"):
+    datasets.get(ml_collections.ConfigDict({**config.to_dict(), "augment": "mixup"})).check_config()
 
 
 def test_dataset_task_and_tokenizer_mismatches_are_user_errors(tmp_path):

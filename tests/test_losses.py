@@ -150,3 +150,65 @@ def test_chunked_sigmoid_loss_equals_the_dense_loss_in_value_and_gradient(x64):
     np.testing.assert_allclose(chunked(*args), dense(*args), rtol=1e-12)
     for got, want in zip(jax.grad(chunked, argnums=(0, 1, 2, 3))(*args), jax.grad(dense, argnums=(0, 1, 2, 3))(*args)):
       np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def _orthogonal_negatives(n, valid):
+  """Images = texts = e_0..e_{n-1}; negative i = e_{n+i}: orthogonal to every image (logit 0, or the bias)."""
+  embeddings = jnp.eye(2 * n)
+  valid = jnp.asarray(valid)
+  return embeddings[:n], losses.HardNegatives(embeddings[n:], valid, jnp.zeros((n, n), bool))
+
+
+@pytest.mark.parametrize("valid", [[True, True, True, True], [True, False, True, False]])
+def test_hard_negatives_add_image_to_text_columns_in_the_softmax_loss(valid, x64):
+  n, s = 4, 5.0
+  embeddings, negatives = _orthogonal_negatives(n, valid)
+  loss, metrics = losses.contrastive_softmax_loss(embeddings, embeddings, jnp.log(s), negatives=negatives)
+  k = sum(valid)  # the valid negative columns every image sees; text->image has no negatives
+  expected = 0.5 * (np.log1p((n - 1 + k) * np.exp(-s)) + np.log1p((n - 1) * np.exp(-s)))
+  np.testing.assert_allclose(loss, expected, rtol=CLOSED_FORM_RTOL)
+  assert metrics["hard_negative_accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("valid", [[True, True, True], [False, True, False]])
+def test_hard_negatives_add_negative_pairs_to_the_sigmoid_loss(valid, x64):
+  n, s, b = 3, 10.0, -4.0
+  embeddings, negatives = _orthogonal_negatives(n, valid)
+  loss, _ = losses.contrastive_sigmoid_loss(embeddings, embeddings, jnp.log(s), b, negatives=negatives)
+  log_sigmoid = lambda z: -np.log1p(np.exp(-z))
+  k = sum(valid)
+  expected = -(n * log_sigmoid(s + b) + n * (n - 1) * log_sigmoid(-b) + n * k * log_sigmoid(-b)) / n
+  np.testing.assert_allclose(loss, expected, rtol=CLOSED_FORM_RTOL)
+
+
+def test_a_negative_that_is_another_images_caption_is_that_images_positive(x64):
+  # Row 0's negative has row 1's tokens: for image 1 that column is a copy of its own text, a positive (target
+  # split over its two copies), as contrastive_term builds it; for image 0 it is a negative.
+  text = jnp.array([[1, 4, 2], [1, 5, 2]])
+  text_negative = jnp.array([[1, 5, 2], [1, 6, 2]])
+  batch = {"text": text, "text_negative": text_negative, "text_negative_valid": jnp.array([1, 1])}
+  e = jnp.eye(3)
+  outputs = {"image_embedding": e[:2], "text_embedding": e[:2], "text_negative_embedding": e[jnp.array([1, 2])],
+             "logit_scale": jnp.log(3.0)}
+  config = type("LossConfig", (), {"contrastive": "softmax", "sigmoid_chunks": 0})()
+  loss, _ = losses.contrastive_term(config, outputs, batch, pad_id=0)
+  s = 3.0
+  # Row 0: columns (text0, text1, neg0=e1, neg1=e2) logits (s, 0, 0, 0), target text0: log(e^s + 3) - s.
+  # Row 1: logits (0, s, s, 0), target half on text1 and half on neg0: log(2e^s + 2) - s.
+  image_to_text = (np.log(np.exp(s) + 3) - s + np.log(2 * np.exp(s) + 2) - s) / 2
+  text_to_image = np.log(np.exp(s) + 1) - s
+  np.testing.assert_allclose(loss, 0.5 * (image_to_text + text_to_image), rtol=CLOSED_FORM_RTOL)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_label_smoothing_is_the_cross_entropy_against_the_smoothed_targets(eps, x64):
+  # One class at logit L, the other K - 1 at 0: the label's target is 1 - eps + eps / K, every other eps / K.
+  k, big = 10, 3.0
+  logits = jnp.zeros((2, k)).at[0, 3].set(big).at[1, 5].set(big)
+  config = {"label_smoothing": eps}
+  loss, _ = losses.classification_term(config, {"class_logits": logits}, {"label": jnp.array([3, 7])}, pad_id=0)
+  lse = np.log(np.exp(big) + k - 1)
+  on_label = 1 - eps + eps / k
+  row_hit = -(on_label * (big - lse) + (1 - on_label) * (0 - lse))  # the label holds the big logit
+  row_miss = -(on_label * (0 - lse) + (eps / k) * (big - lse) + (1 - on_label - eps / k) * (0 - lse))
+  np.testing.assert_allclose(loss, (row_hit + row_miss) / 2, rtol=CLOSED_FORM_RTOL)

@@ -22,34 +22,69 @@ def same_text_mask(tokens: jnp.ndarray) -> jnp.ndarray:
   return jnp.all(tokens[:, None, :] == tokens[None, :, :], axis=-1)
 
 
-def contrastive_softmax_loss(image_embedding, text_embedding, logit_scale, positives=None):
+@dataclasses.dataclass(frozen=True)
+class HardNegatives:
+  """Extra text columns for the image->text direction (NegCLIP): embedding float[B, E] of the texts made false
+  from the batch's own (one per row), valid bool[B] (False: row i has none, its column is left out), and
+  positives bool[B, B]: [i, c] where negative c happens to be the very text of image i (a swap that gives another
+  image's true caption), a positive of row i like every copy of its text."""
+  embedding: jnp.ndarray
+  valid: jnp.ndarray
+  positives: jnp.ndarray
+
+  def metrics(self, logits, negative_logits) -> dict:
+    """hard_negative_accuracy: the share of rows with a negative whose own text outscores their own negative."""
+    n = logits.shape[0]
+    wins = jnp.diagonal(logits) > negative_logits[jnp.arange(n), jnp.arange(n)]
+    return {"hard_negative_accuracy": jnp.sum(wins & self.valid) / jnp.maximum(jnp.sum(self.valid), 1)}
+
+
+def contrastive_softmax_loss(image_embedding, text_embedding, logit_scale, positives=None, negatives=None):
   """Symmetric InfoNCE (CLIP): mean of image->text and text->image cross-entropies.
 
-  With several positives per row the target is uniform over them. Returns (loss, metrics).
+  With several positives per row the target is uniform over them. `negatives` (HardNegatives): more columns in
+  the image->text direction only, as NegCLIP (a negative has no image of its own). Returns (loss, metrics).
   """
   n = image_embedding.shape[0]
   positives = jnp.eye(n, dtype=bool) if positives is None else positives
   scale = jnp.minimum(jnp.exp(logit_scale), MAX_LOGIT_SCALE)
   logits = scale * image_embedding @ text_embedding.T
-  targets = positives / jnp.sum(positives, axis=1, keepdims=True)
-  image_to_text = optax.softmax_cross_entropy(logits, targets)
+  row_logits, row_positives, metrics = logits, positives, {}
+  if negatives is not None:
+    negative_logits = scale * image_embedding @ negatives.embedding.T
+    metrics = negatives.metrics(logits, negative_logits)
+    # A finite floor, not -inf: the cross-entropy multiplies it by a zero target.
+    hidden = jnp.where(negatives.valid[None, :], negative_logits, -1e9)
+    row_logits = jnp.concatenate([logits, hidden], axis=1)
+    row_positives = jnp.concatenate([positives, negatives.positives & negatives.valid[None, :]], axis=1)
+  targets = row_positives / jnp.sum(row_positives, axis=1, keepdims=True)
+  image_to_text = optax.softmax_cross_entropy(row_logits, targets)
   targets_t = positives.T / jnp.sum(positives.T, axis=1, keepdims=True)
   text_to_image = optax.softmax_cross_entropy(logits.T, targets_t)
   loss = 0.5 * (jnp.mean(image_to_text) + jnp.mean(text_to_image))
   correct = positives[jnp.arange(n), jnp.argmax(logits, axis=1)]
-  return loss, {"contrastive_loss": loss, "contrastive_accuracy": jnp.mean(correct), "temperature_scale": scale}
+  return loss, {"contrastive_loss": loss, "contrastive_accuracy": jnp.mean(correct), "temperature_scale": scale,
+                **metrics}
 
 
-def contrastive_sigmoid_loss(image_embedding, text_embedding, logit_scale, logit_bias, positives=None):
-  """SigLIP: -sum_ij log sigmoid(z_ij (t x_i.y_j + b)) / B, z = +1 for positives, -1 otherwise."""
+def contrastive_sigmoid_loss(image_embedding, text_embedding, logit_scale, logit_bias, positives=None,
+                             negatives=None):
+  """SigLIP: -sum_ij log sigmoid(z_ij (t x_i.y_j + b)) / B, z = +1 for positives, -1 otherwise; `negatives`
+  (HardNegatives) add their valid columns to the sum, z = -1 except where a negative is row i's own text."""
   n = image_embedding.shape[0]
   positives = jnp.eye(n, dtype=bool) if positives is None else positives
   logits = jnp.exp(logit_scale) * image_embedding @ text_embedding.T + logit_bias
   signs = jnp.where(positives, 1.0, -1.0)
-  loss = -jnp.sum(jax.nn.log_sigmoid(signs * logits)) / n
+  total, metrics = jnp.sum(jax.nn.log_sigmoid(signs * logits)), {}
+  if negatives is not None:
+    negative_logits = jnp.exp(logit_scale) * image_embedding @ negatives.embedding.T + logit_bias
+    metrics = negatives.metrics(logits, negative_logits)
+    negative_signs = jnp.where(negatives.positives, 1.0, -1.0)
+    total += jnp.sum(jnp.where(negatives.valid[None, :], jax.nn.log_sigmoid(negative_signs * negative_logits), 0.0))
+  loss = -total / n
   correct = positives[jnp.arange(n), jnp.argmax(logits, axis=1)]
   return loss, {"contrastive_loss": loss, "contrastive_accuracy": jnp.mean(correct),
-                "temperature_scale": jnp.exp(logit_scale), "logit_bias": logit_bias}
+                "temperature_scale": jnp.exp(logit_scale), "logit_bias": logit_bias, **metrics}
 
 
 def contrastive_sigmoid_loss_chunked(image_embedding, text_embedding, logit_scale, logit_bias, text_tokens,
@@ -107,13 +142,20 @@ def contrastive_term(loss_config, outputs, batch, pad_id: int):
   a text in the batch is a positive of its images."""
   del pad_id
   image, text, scale = outputs["image_embedding"], outputs["text_embedding"], outputs["logit_scale"]
+  negatives = None
+  if "text_negative_embedding" in outputs:  # config.data.hard_negatives
+    negatives = HardNegatives(outputs["text_negative_embedding"], batch["text_negative_valid"] > 0,
+                              jnp.all(batch["text"][:, None, :] == batch["text_negative"][None, :, :], axis=-1))
   if loss_config.contrastive == "softmax":
-    return contrastive_softmax_loss(image, text, scale, same_text_mask(batch["text"]))
+    return contrastive_softmax_loss(image, text, scale, same_text_mask(batch["text"]), negatives)
   if loss_config.contrastive == "sigmoid" and loss_config.sigmoid_chunks > 1:
+    if negatives is not None:
+      raise ValueError("the chunked sigmoid loss takes no hard negatives (run_config.validate refuses both)")
     return contrastive_sigmoid_loss_chunked(image, text, scale, outputs["logit_bias"], batch["text"],
                                             loss_config.sigmoid_chunks)
   if loss_config.contrastive == "sigmoid":
-    return contrastive_sigmoid_loss(image, text, scale, outputs["logit_bias"], same_text_mask(batch["text"]))
+    return contrastive_sigmoid_loss(image, text, scale, outputs["logit_bias"], same_text_mask(batch["text"]),
+                                    negatives)
   raise ValueError(f"config.loss.contrastive={loss_config.contrastive!r}: expected softmax, sigmoid or ''")
 
 
@@ -136,10 +178,13 @@ def answer_term(loss_config, outputs, batch, pad_id: int):
 
 
 def classification_term(loss_config, outputs, batch, pad_id: int):
-  """Softmax cross-entropy of outputs["class_logits"] on the integer labels batch["label"]."""
-  del loss_config, pad_id
+  """Softmax cross-entropy of outputs["class_logits"] on the integer labels batch["label"], the one-hot targets
+  smoothed by config.loss.label_smoothing (eps: 1 - eps on the label, eps / K spread over all K classes)."""
+  del pad_id
   logits = outputs["class_logits"]
-  loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]))
+  one_hot = jax.nn.one_hot(batch["label"], logits.shape[-1], dtype=logits.dtype)
+  targets = optax.smooth_labels(one_hot, loss_config.get("label_smoothing", 0.0))
+  loss = jnp.mean(optax.softmax_cross_entropy(logits, targets))
   return loss, {"classification_loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
 
 

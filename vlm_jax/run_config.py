@@ -61,6 +61,10 @@ def base_config() -> ml_collections.ConfigDict:
       name="shapes", builder_config="default", data_dir="~/.cache/vlm_jax/datasets",
       tokenizer="sentencepiece", image_size=32, max_text_len=16, vqa_caption_prob=0.2,
       canonical_caption_prob=0.4, on_bad_record="skip",
+      # hard_negatives: each contrastive text also gets its word-swapped false twin (vlm_jax.data.negatives:
+      # relation reversed, count off by one), an extra negative column of its image in the contrastive loss.
+      hard_negatives=False,
+      augment="",  # labelled images (fashion_mnist): "crop_flip" = random 2 px shifts and left-right mirroring
       fashion_mnist_dir=""))  # "" = $VLM_JAX_FASHION_MNIST_DIR or Debian's /usr/share/datasets/fashion-mnist
   c.data.update(data_defaults())
 
@@ -92,10 +96,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.multimodal = ml_collections.ConfigDict(dict(depth=2))
   c.model.projector = ml_collections.ConfigDict(dict(type="mlp", hidden_dim=0))
 
+  # label_smoothing: the classifier's targets (1 - eps on the label, eps / classes on every class).
   # sigmoid_chunks > 1: the SigLIP loss over that many chunks of texts (memory B x B/chunks); set it to
   # the number of devices for per-device memory that does not grow with the device count.
   c.loss = ml_collections.ConfigDict(dict(contrastive="softmax", contrastive_weight=1.0, caption_weight=0.0,
-                                          sigmoid_chunks=0))
+                                          sigmoid_chunks=0, label_smoothing=0.0))
   c.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=2e-3, warmup_steps=100, weight_decay=0.05, b1=0.9, b2=0.98, grad_clip_norm=1.0))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
@@ -182,6 +187,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.model.vision.posemb == "sincos2d" and config.model.vision.width % 4:
     raise UserError(f"config.model.vision.width={config.model.vision.width} must be a multiple of 4 for "
                     "sincos2d position embeddings")
+  if config.data.get("hard_negatives") and config.loss.sigmoid_chunks > 1:
+    raise UserError("config.data.hard_negatives=True cannot be combined with config.loss.sigmoid_chunks="
+                    f"{config.loss.sigmoid_chunks} (the chunked SigLIP loss has no extra negative columns)")
   if config.loss.contrastive not in CONTRASTIVE_LOSSES:
     raise UserError(f"config.loss.contrastive={config.loss.contrastive!r}: expected one of {CONTRASTIVE_LOSSES}")
   for i, entry in enumerate(config.init_from):

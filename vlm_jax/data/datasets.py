@@ -205,6 +205,9 @@ def _open_tfds(builder, split: str):
 
 # ----------------------------------------------------------------------------- Fashion-MNIST
 
+AUGMENTATIONS = ("", "crop_flip")  # config.data.augment of the labelled images (FashionMnistBuilder.train_image)
+
+
 class ClassificationSource:
   """Random access to labelled grey images in memory: {"image": uint8 [H,W,3] (grey replicated), "label": int32}."""
 
@@ -238,8 +241,27 @@ class FashionMnistBuilder(Builder):
     for split in fashion_mnist.SPLIT_IDS:
       fashion_mnist.load(split, self.directory)
 
+  def check_config(self) -> None:
+    super().check_config()
+    augment = self.config.get("augment", "")
+    if augment not in AUGMENTATIONS:
+      raise UserError(f"config.data.augment={augment!r}: expected one of {AUGMENTATIONS}")
+
   def open(self, split: str):
     return ClassificationSource(*fashion_mnist.load(split, self.directory))
+
+  def train_image(self, example: dict, rng) -> np.ndarray:
+    """config.data.augment "crop_flip": a 28 px crop at a random offset of the image padded by 2 px of background
+    (black), mirrored left-right half the time (a coat mirrored is a coat); "": the image as it is."""
+    image = example["image"]
+    if self.config.get("augment", "") == "crop_flip":
+      pad, (h, w) = 2, image.shape[:2]
+      padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+      top, left = (int(v) for v in rng.integers(0, 2 * pad + 1, size=2))
+      image = padded[top:top + h, left:left + w]
+      if rng.random() < 0.5:
+        image = image[:, ::-1]
+    return image
 
   def decode(self, raw: dict) -> dict:
     return raw

@@ -22,7 +22,7 @@ import time
 import grain
 import numpy as np
 
-from vlm_jax.data import datasets, images as images_lib
+from vlm_jax.data import datasets, images as images_lib, negatives
 from vlm_jax.data.tokenizer import (TOKENIZER_FILENAME, Tokenizer, pack_tokens, tokenize, tokenizer_path,
                                     train_sentencepiece)
 from vlm_jax.errors import UserError
@@ -189,8 +189,9 @@ def make_vqa_prompt(tokenizer: Tokenizer, question: str, max_len: int) -> np.nda
 
 
 def _contrastive_features(example: dict, rng: np.random.Generator, tokenizer, max_len: int,
-                          canonical_prob: float = 0.0):
-  """A true caption ('text') and the canonical caption ('caption').
+                          canonical_prob: float = 0.0, hard_negatives: bool = False):
+  """A true caption ('text') and the canonical caption ('caption'); with hard_negatives also 'text_negative',
+  the text made false by a word swap (vlm_jax.data.negatives), and 'text_negative_valid' (0: the text has none).
 
   'text' is the canonical caption with probability canonical_prob, else uniformly one of all the true
   captions (canonical, count, relations): the mix decides which skills the contrastive towers practise.
@@ -201,7 +202,12 @@ def _contrastive_features(example: dict, rng: np.random.Generator, tokenizer, ma
   caption, caption_cut = tokenize(tokenizer, example["caption"], max_len)
   TRUNCATIONS.add(text_cut)
   TRUNCATIONS.add(caption_cut)
-  return {"image": example["image"], "text": text, "caption": caption}
+  features = {"image": example["image"], "text": text, "caption": caption}
+  if hard_negatives:
+    negative = negatives.hard_negative(chosen, rng)
+    features["text_negative"] = tokenize(tokenizer, negative, max_len)[0]
+    features["text_negative_valid"] = np.int32(bool(negative))
+  return features
 
 
 def answer_mask(text: np.ndarray, prefix_len: int, pad_id: int) -> np.ndarray:
@@ -272,7 +278,8 @@ def _features(raw: dict, rng: np.random.Generator, *, task: str, tokenizer, data
   example = {**raw, "image": image}
   if task == "contrastive_caption":
     return _contrastive_features(example, rng, tokenizer, data_config.max_text_len,
-                                 data_config.get("canonical_caption_prob", 0.0))
+                                 data_config.get("canonical_caption_prob", 0.0),
+                                 data_config.get("hard_negatives", False))
   return _vqa_features(example, rng, tokenizer, data_config.max_text_len,
                        data_config.vqa_caption_prob)
 

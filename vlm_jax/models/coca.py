@@ -99,11 +99,13 @@ class CoCa(nn.Module):
 
   def __call__(self, batch):
     image_embedding, image_intermediates = self.encode_image(batch["image"])
-    text_embedding, text_intermediates = self.encode_text(batch["text"])
+    text_embedding, text_intermediates, negative_embedding = two_tower.encode_texts(self, batch)
     logits = self.caption_logits(image_intermediates["encoded"], batch["caption"][:, :-1])
     scale, bias = self.head()
     outputs = dict(image_embedding=image_embedding, text_embedding=text_embedding,
                    logit_scale=scale, logit_bias=bias, logits=logits)
+    if negative_embedding is not None:
+      outputs["text_negative_embedding"] = negative_embedding
     return outputs, {"image": image_intermediates, "text": text_intermediates}
 
   def prefill(self, tokens, start, image_tokens):

@@ -5,6 +5,7 @@ text  -> causal TextTransformer -> hidden state at EOS -> Dense -> L2-normalised
 """
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -39,6 +40,18 @@ class ContrastiveHead(nn.Module):
     return scale, bias
 
 
+def encode_texts(model, batch):
+  """model.encode_text of batch["text"] and, where the batch has them, its hard negatives batch["text_negative"]
+  in the same call: (text embedding, text intermediates, negative embedding or None)."""
+  if "text_negative" not in batch:
+    return (*model.encode_text(batch["text"]), None)
+  n = batch["text"].shape[0]
+  embedding, intermediates = model.encode_text(jnp.concatenate([batch["text"], batch["text_negative"]]))
+  intermediates = jax.tree.map(lambda x: x[:n] if getattr(x, "ndim", 0) and x.shape[0] == 2 * n else x,
+                               intermediates)
+  return embedding[:n], intermediates, embedding[n:]
+
+
 class TwoTower(nn.Module):
   """CLIP / SigLIP. `__call__(batch)` returns (outputs, intermediates); outputs feed the contrastive loss."""
   vision: vit.ViT
@@ -65,10 +78,12 @@ class TwoTower(nn.Module):
 
   def __call__(self, batch):
     image_embedding, image_intermediates = self.encode_image(batch["image"])
-    text_embedding, text_intermediates = self.encode_text(batch["text"])
+    text_embedding, text_intermediates, negative_embedding = encode_texts(self, batch)
     scale, bias = self.head()
     outputs = dict(image_embedding=image_embedding, text_embedding=text_embedding,
                    logit_scale=scale, logit_bias=bias)
+    if negative_embedding is not None:
+      outputs["text_negative_embedding"] = negative_embedding
     return outputs, {"image": image_intermediates, "text": text_intermediates}
 
 
