@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from vlm_jax.data import negatives, pipeline, shapes
+from vlm_jax.data import datasets, negatives, pipeline, shapes
 from vlm_jax.data import tokenizer as tokenizer_lib
 from vlm_jax.errors import UserError
 
@@ -104,6 +104,37 @@ def test_all_captions_are_true():
     for caption in e["captions"][2:]:
       assert relation_holds(e, caption), (caption, e["scene"])
     assert e["captions"][1] == shapes.count_caption(len(scene_objects(e)))
+
+
+def test_redrawn_scenes_keep_true_relations_in_another_drawing(data_config):
+  split = datasets.get(data_config).eval_split("redrawn")
+  n = len(split["caption"])
+  assert n == len(datasets.get(data_config).open("test")) and split["image"].shape[0] == n
+  default = [shapes.make_example(0, "test", i) for i in range(n)]
+  redrawn = [shapes.make_example(0, "test", i, style="redrawn") for i in range(n)]
+  assert split["caption"] == [e["caption"] for e in redrawn]
+  margin = shapes.STYLES["redrawn"]["margin_at_32"]
+  for e in redrawn:
+    for kind, axis in (("left_right", "x"), ("above_below", "y")):
+      pos, neg = e[f"hardneg_{kind}_pos"], e[f"hardneg_{kind}_neg"]
+      if pos:
+        for text, truth in ((pos, True), (neg, False)):
+          (ca, sa), (cb, sb) = names_in(text)
+          objs = {(o["color"], o["shape"]): o for o in scene_objects(e)}
+          a, b = objs[(ca, sa)], objs[(cb, sb)]
+          relation = re.search("left of|right of|above|below", text).group()
+          sign = 1 if relation in ("left of", "above") else -1
+          assert (sign * (b[axis] - a[axis]) >= margin) == truth, (text, e["scene"])
+  # Drawn otherwise: a bright background (the median pixel: objects cover far less than half of a scene; normalised
+  # to [-1, 1]) and anti-aliased edges (colours between the background and the object's), where the default draws
+  # only exact colours.
+  background = lambda pixels: np.median(pixels.reshape(-1, 3)[:, 0])
+  assert min(background(image) for image in split["image"]) >= 100 / 127.5 - 1
+  assert max(background(np.asarray(e["image"])) for e in default) < 48
+  exact = {tuple(c) for c in shapes.COLORS.values()}
+  colours = lambda e: {tuple(p) for p in np.asarray(e["image"]).reshape(-1, 3) if len(set(p)) > 1}
+  assert all(colours(e) <= exact for e in default[:20])
+  assert all(colours(e) - exact for e in redrawn[:20])
 
 
 def test_hard_negatives_are_false_and_differ_from_positives():

@@ -176,7 +176,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   run_lib.check_same_model(config, run_lib.prepare_workdir(workdir))
   run = run_lib.Run(config, workdir, for_training=True)
   workdir, is_main = run.workdir, jax.process_index() == 0
+  # The model's features, and the hard negatives of its contrastive texts where the data gives them.
   features = run.model_module.FEATURES
+  if config.data.get("hard_negatives") and "contrastive" in run.model_module.LOSS_TERMS:
+    features += pipeline.HARD_NEGATIVE_FEATURES
   if is_main:  # what inference needs besides the checkpoints: the workdir alone is then enough to predict
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json(indent=1))

@@ -128,9 +128,27 @@ class ScenesBuilder(Builder):
 
 
 class ShapesBuilder(ScenesBuilder):
+  """The shapes scenes; besides the prepared splits, "redrawn": as many scenes as the test split, drawn in shapes'
+  "redrawn" style (other sizes, margin, background and renderer), generated when scored (nothing is stored)."""
+  REDRAWN = "redrawn"
+
   def make_tfds(self):
     from vlm_jax.data import shapes_tfds  # noqa: PLC0415  (tfds is imported only by the builders that use it)
     return shapes_tfds.make_builder(self.config.data_dir, self.config.builder_config)
+
+  @property
+  def SPLITS(self):  # noqa: N802
+    return super().SPLITS + (self.REDRAWN,)
+
+  def eval_split(self, split: str) -> dict:
+    if split != self.REDRAWN:
+      return super().eval_split(split)
+    config = self.tfds.builder_config
+    examples = [shapes.make_example(config.seed, "test", i, config.image_size, style=self.REDRAWN)
+                for i in range(config.test)]
+    result = {name: [e[name] for e in examples] for name in self.TEXT_FIELDS + self.LIST_FIELDS}
+    result["image"] = self.normalize(np.stack([np.asarray(e["image"], np.uint8) for e in examples]))
+    return result
 
   def tokenizer_texts(self) -> list:
     """The vocabulary and every text of the train split."""

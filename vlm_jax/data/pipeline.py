@@ -188,6 +188,9 @@ def make_vqa_prompt(tokenizer: Tokenizer, question: str, max_len: int) -> np.nda
   return np.asarray(ids[:max_len - 1], np.int32)
 
 
+HARD_NEGATIVE_FEATURES = ("text_negative", "text_negative_valid")  # config.data.hard_negatives: see below
+
+
 def _contrastive_features(example: dict, rng: np.random.Generator, tokenizer, max_len: int,
                           canonical_prob: float = 0.0, hard_negatives: bool = False):
   """A true caption ('text') and the canonical caption ('caption'); with hard_negatives also 'text_negative',

@@ -32,6 +32,15 @@ MAX_OBJECTS = 4
 # Centres must differ by this many pixels (at 32 px) before a relation counts as true.
 RELATION_MARGIN_AT_32 = 4
 
+# How scenes are drawn. "default": every prepared split. "redrawn": the same objects, captions and relations drawn
+# otherwise, to test that a model learned the relation from the scene and not from the generator's habits:
+# sizes scaled by 0.75 / 1.3, relations stated only beyond a 6 px margin, a bright background, and another renderer
+# (drawn at 4x and downsampled, so edges are anti-aliased where the default renderer draws hard pixels).
+STYLES = {
+    "default": dict(size_scale=(1.0, 1.0), margin_at_32=RELATION_MARGIN_AT_32, background=(0, 48), supersample=1),
+    "redrawn": dict(size_scale=(0.75, 1.3), margin_at_32=6, background=(100, 170), supersample=4),
+}
+
 ALL_PAIRS = tuple((c, s) for c in COLORS for s in SHAPES)
 SEEN_PAIRS = tuple(p for p in ALL_PAIRS if p not in HELD_OUT_PAIRS)
 
@@ -88,12 +97,13 @@ def _boxes_overlap(a: dict, b: dict) -> bool:
           abs(a["y"] - b["y"]) <= a["r"] + b["r"] + 1)
 
 
-def _place_objects(rng, pairs, image_size: int) -> list[dict] | None:
-  """Random sizes and non-overlapping positions with distinct centre x; None if it fails."""
+def _place_objects(rng, pairs, image_size: int, size_scale=(1.0, 1.0)) -> list[dict] | None:
+  """Random sizes (SIZE_FRACTION times size_scale[small or large]) and non-overlapping positions with distinct
+  centre x; None if it fails."""
   objects = []
   for color, shape in pairs:
     size = SIZES[rng.integers(2)]
-    r = max(1, round(SIZE_FRACTION[size] * image_size))
+    r = max(1, round(SIZE_FRACTION[size] * size_scale[SIZES.index(size)] * image_size))
     for _ in range(50):
       x, y = (int(v) for v in rng.integers(r, image_size - r, size=2))
       obj = {"color": color, "shape": shape, "size": size, "x": x, "y": y, "r": r}
@@ -106,12 +116,14 @@ def _place_objects(rng, pairs, image_size: int) -> list[dict] | None:
   return sorted(objects, key=lambda o: o["x"])
 
 
-def _draw(objects: list[dict], image_size: int, background: int) -> Image.Image:
-  """Renders the objects on a uniform grey-level background."""
-  image = Image.new("RGB", (image_size, image_size), (background,) * 3)
+def _draw(objects: list[dict], image_size: int, background: int, supersample: int = 1) -> Image.Image:
+  """Renders the objects on a uniform grey-level background; supersample k > 1: at k times the size, then
+  downsampled (a box filter: anti-aliased edges)."""
+  k = supersample
+  image = Image.new("RGB", (image_size * k, image_size * k), (background,) * 3)
   draw = ImageDraw.Draw(image)
   for o in objects:
-    x, y, r, fill = o["x"], o["y"], o["r"], COLORS[o["color"]]
+    x, y, r, fill = (o["x"] + 0.5) * k - 0.5, (o["y"] + 0.5) * k - 0.5, o["r"] * k, COLORS[o["color"]]
     if o["shape"] == "circle":
       draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
     elif o["shape"] == "square":
@@ -120,7 +132,7 @@ def _draw(objects: list[dict], image_size: int, background: int) -> Image.Image:
       draw.polygon([(x, y - r), (x + r, y + r), (x - r, y + r)], fill=fill)
     else:  # diamond
       draw.polygon([(x, y - r), (x + r, y), (x, y + r), (x - r, y)], fill=fill)
-  return image
+  return image if k == 1 else image.resize((image_size, image_size), Image.Resampling.BOX)
 
 
 # ----------------------------------------------------------------------------- relations
@@ -258,17 +270,20 @@ def _questions(rng, objects, clear: dict) -> tuple[list[str], list[str], list[st
 
 # ----------------------------------------------------------------------------- examples
 
-def make_example(seed: int, split: str, index: int, image_size: int = 32) -> dict:
-  """The example `index` of `split`, a pure function of its arguments (see module docstring)."""
+def make_example(seed: int, split: str, index: int, image_size: int = 32, style: str = "default") -> dict:
+  """The example `index` of `split`, a pure function of its arguments (see module docstring), drawn in `style`
+  (STYLES; another style draws other scenes: its rng stream differs)."""
   if split not in SPLIT_IDS:
     raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLIT_IDS)}")
-  rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
-  background = int(rng.integers(0, 48))
+  drawing = STYLES[style]
+  key = [seed, SPLIT_IDS[split], index] + ([] if style == "default" else [list(STYLES).index(style)])
+  rng = np.random.default_rng(key)
+  background = int(rng.integers(*drawing["background"]))
   objects = None
   while objects is None:  # layouts rarely fail; retrying with the same rng stays deterministic
     pairs = _sample_pairs(rng, split, int(rng.integers(1, MAX_OBJECTS + 1)))
-    objects = _place_objects(rng, pairs, image_size)
-  margin = RELATION_MARGIN_AT_32 * image_size / 32
+    objects = _place_objects(rng, pairs, image_size, drawing["size_scale"])
+  margin = drawing["margin_at_32"] * image_size / 32
   clear = {axis: _clear_pairs(objects, axis, margin) for axis in ("x", "y")}
   caption = list_phrase(objects)
   count_pos, count_neg = _count_negative(rng, len(objects))
@@ -278,7 +293,7 @@ def make_example(seed: int, split: str, index: int, image_size: int = 32) -> dic
   questions, answers, question_types = _questions(rng, objects, clear)
   scene = [{k: o[k] for k in ("color", "shape", "size", "x", "y")} for o in objects]
   return {
-      "image": _draw(objects, image_size, background),
+      "image": _draw(objects, image_size, background, drawing["supersample"]),
       "scene": json.dumps(scene),
       "caption": caption,
       "captions": [caption, count_caption(len(objects))] + _relation_captions(rng, clear),
