@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -144,12 +145,15 @@ def test_chunked_sigmoid_loss_equals_the_dense_loss_in_value_and_gradient(x64):
   tokens = jax.random.randint(keys[2], (8, 4), 3, 6).at[5].set(jnp.array([3, 4, 5, 3])).at[2].set(
       jnp.array([3, 4, 5, 3]))  # rows 2 and 5 share a caption: positives off the diagonal too
   args = (images, texts, jnp.log(10.0), -3.0)
-  dense = lambda i, t, s, b: losses.contrastive_sigmoid_loss(i, t, s, b, losses.same_text_mask(tokens))[0]
-  for chunks in (1, 2, 4, 8):
-    chunked = lambda i, t, s, b: losses.contrastive_sigmoid_loss_chunked(i, t, s, b, tokens, chunks)[0]
-    np.testing.assert_allclose(chunked(*args), dense(*args), rtol=1e-12)
-    for got, want in zip(jax.grad(chunked, argnums=(0, 1, 2, 3))(*args), jax.grad(dense, argnums=(0, 1, 2, 3))(*args)):
-      np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+  for shared in (False, True):
+    dense = lambda i, t, s, b: losses.contrastive_sigmoid_loss(i, t, s, b, losses.same_text_mask(tokens),
+                                                               shared_positives=shared)[0]
+    for chunks in (1, 2, 4, 8):
+      chunked = lambda i, t, s, b: losses.contrastive_sigmoid_loss_chunked(i, t, s, b, tokens, chunks, shared)[0]
+      np.testing.assert_allclose(chunked(*args), dense(*args), rtol=1e-12)
+      for got, want in zip(jax.grad(chunked, argnums=(0, 1, 2, 3))(*args),
+                           jax.grad(dense, argnums=(0, 1, 2, 3))(*args)):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
 def _orthogonal_negatives(n, valid):
@@ -190,7 +194,7 @@ def test_a_negative_that_is_another_images_caption_is_that_images_positive(x64):
   e = jnp.eye(3)
   outputs = {"image_embedding": e[:2], "text_embedding": e[:2], "text_negative_embedding": e[jnp.array([1, 2])],
              "logit_scale": jnp.log(3.0)}
-  config = type("LossConfig", (), {"contrastive": "softmax", "sigmoid_chunks": 0})()
+  config = ml_collections.ConfigDict({"contrastive": "softmax", "sigmoid_chunks": 0})
   loss, _ = losses.contrastive_term(config, outputs, batch, pad_id=0)
   s = 3.0
   # Row 0: columns (text0, text1, neg0=e1, neg1=e2) logits (s, 0, 0, 0), target text0: log(e^s + 3) - s.
@@ -212,3 +216,20 @@ def test_label_smoothing_is_the_cross_entropy_against_the_smoothed_targets(eps, 
   row_hit = -(on_label * (big - lse) + (1 - on_label) * (0 - lse))  # the label holds the big logit
   row_miss = -(on_label * (0 - lse) + (eps / k) * (big - lse) + (1 - on_label - eps / k) * (0 - lse))
   np.testing.assert_allclose(loss, (row_hit + row_miss) / 2, rtol=CLOSED_FORM_RTOL)
+
+
+def test_shared_positives_weigh_each_images_positives_as_one(x64):
+  # Images [e0, e1, e0] with texts [e0, e1, e0] (texts 0 and 2 identical): image 0 has k = 2 positives, each
+  # weighing 1/2; image 1 one positive. Every logit is s * cos + b with cos 1 (positives) or 0.
+  tokens = jnp.array([[1, 4, 2], [1, 5, 2], [1, 4, 2]])
+  e = jnp.eye(4)[jnp.array([0, 1, 0])]
+  s, b = 5.0, -2.0
+  log_sigmoid = lambda z: -np.log1p(np.exp(-z))
+  loss, _ = losses.contrastive_sigmoid_loss(e, e, jnp.log(s), b, losses.same_text_mask(tokens),
+                                            shared_positives=True)
+  # Rows 0 and 2: two positives at weight 1/2, one negative (cos 0); row 1: one positive, two negatives.
+  expected = -(2 * (log_sigmoid(s + b) + log_sigmoid(-b)) + (log_sigmoid(s + b) + 2 * log_sigmoid(-b))) / 3
+  np.testing.assert_allclose(loss, expected, rtol=CLOSED_FORM_RTOL)
+  each, _ = losses.contrastive_sigmoid_loss(e, e, jnp.log(s), b, losses.same_text_mask(tokens))
+  expected_each = -(2 * (2 * log_sigmoid(s + b) + log_sigmoid(-b)) + (log_sigmoid(s + b) + 2 * log_sigmoid(-b))) / 3
+  np.testing.assert_allclose(each, expected_each, rtol=CLOSED_FORM_RTOL)

@@ -67,20 +67,38 @@ def contrastive_softmax_loss(image_embedding, text_embedding, logit_scale, posit
                 **metrics}
 
 
+def _pair_weights(positives, shared: bool, extra_positives=None):
+  """Weights of the sigmoid loss's pairs: 1 for every pair ("each", SigLIP as published); with `shared`, the
+  positives of image i weigh 1/k_i (k_i of them, counting extra_positives, e.g. hard-negative columns that are
+  its text), so that each image's positives together weigh 1, as the softmax loss's uniform target does (a
+  caption repeated k times in the batch would otherwise pull k times as hard as a caption seen once)."""
+  if not shared:
+    return 1.0, 1.0
+  count = jnp.sum(positives, axis=1, keepdims=True)
+  if extra_positives is not None:
+    count = count + jnp.sum(extra_positives, axis=1, keepdims=True)
+  weight = lambda mask: jnp.where(mask, 1.0 / jnp.maximum(count, 1), 1.0)
+  return weight(positives), (1.0 if extra_positives is None else weight(extra_positives))
+
+
 def contrastive_sigmoid_loss(image_embedding, text_embedding, logit_scale, logit_bias, positives=None,
-                             negatives=None):
-  """SigLIP: -sum_ij log sigmoid(z_ij (t x_i.y_j + b)) / B, z = +1 for positives, -1 otherwise; `negatives`
-  (HardNegatives) add their valid columns to the sum, z = -1 except where a negative is row i's own text."""
+                             negatives=None, shared_positives: bool = False):
+  """SigLIP: -sum_ij w_ij log sigmoid(z_ij (t x_i.y_j + b)) / B, z = +1 for positives, -1 otherwise; w = 1, or
+  with shared_positives 1/k_i on image i's k_i positives (_pair_weights). `negatives` (HardNegatives) add their
+  valid columns to the sum, z = -1 except where a negative is row i's own text."""
   n = image_embedding.shape[0]
   positives = jnp.eye(n, dtype=bool) if positives is None else positives
   logits = jnp.exp(logit_scale) * image_embedding @ text_embedding.T + logit_bias
   signs = jnp.where(positives, 1.0, -1.0)
-  total, metrics = jnp.sum(jax.nn.log_sigmoid(signs * logits)), {}
+  extra = None if negatives is None else negatives.positives & negatives.valid[None, :]
+  weights, negative_weights = _pair_weights(positives, shared_positives, extra)
+  total, metrics = jnp.sum(weights * jax.nn.log_sigmoid(signs * logits)), {}
   if negatives is not None:
     negative_logits = jnp.exp(logit_scale) * image_embedding @ negatives.embedding.T + logit_bias
     metrics = negatives.metrics(logits, negative_logits)
     negative_signs = jnp.where(negatives.positives, 1.0, -1.0)
-    total += jnp.sum(jnp.where(negatives.valid[None, :], jax.nn.log_sigmoid(negative_signs * negative_logits), 0.0))
+    total += jnp.sum(jnp.where(negatives.valid[None, :],
+                               negative_weights * jax.nn.log_sigmoid(negative_signs * negative_logits), 0.0))
   loss = -total / n
   correct = positives[jnp.arange(n), jnp.argmax(logits, axis=1)]
   return loss, {"contrastive_loss": loss, "contrastive_accuracy": jnp.mean(correct),
@@ -88,12 +106,14 @@ def contrastive_sigmoid_loss(image_embedding, text_embedding, logit_scale, logit
 
 
 def contrastive_sigmoid_loss_chunked(image_embedding, text_embedding, logit_scale, logit_bias, text_tokens,
-                                     num_chunks: int):
+                                     num_chunks: int, shared_positives: bool = False):
   """The sigmoid loss with positives = same_text_mask(text_tokens), B x B/num_chunks logits at a time.
 
   A scan over chunks of texts: with the batch sharded over D devices and num_chunks = D, each device holds
   a [B/D, B/D] block of logits whatever D is, where the dense loss would materialise [B/D, B]. Equal to
-  `contrastive_sigmoid_loss(..., positives=same_text_mask(text_tokens))` in value and gradient.
+  `contrastive_sigmoid_loss(..., positives=same_text_mask(text_tokens), shared_positives=...)` in value and
+  gradient (with shared_positives, each image's count of positives comes from a first pass over the chunks of
+  tokens, B ints).
   """
   n = image_embedding.shape[0]
   if n % num_chunks:
@@ -102,13 +122,17 @@ def contrastive_sigmoid_loss_chunked(image_embedding, text_embedding, logit_scal
   scale = jnp.exp(logit_scale)
   texts = text_embedding.reshape(num_chunks, chunk, -1)
   tokens = text_tokens.reshape(num_chunks, chunk, -1)
+  same = lambda token_block: jnp.all(text_tokens[:, None, :] == token_block[None, :, :], axis=-1)  # [B, chunk]
+  count = jax.lax.scan(lambda c, block: (c + jnp.sum(same(block), axis=1, dtype=jnp.int32), None),
+                       jnp.zeros(n, jnp.int32), tokens)[0][:, None]
 
   def body(total, block):
     text_block, token_block = block
     logits = scale * image_embedding @ text_block.T + logit_bias  # [B, chunk]
-    positives = jnp.all(text_tokens[:, None, :] == token_block[None, :, :], axis=-1)
+    positives = same(token_block)
     signs = jnp.where(positives, 1.0, -1.0)
-    return total + jnp.sum(jax.nn.log_sigmoid(signs * logits)), None
+    weights = jnp.where(positives, 1.0 / count, 1.0) if shared_positives else 1.0
+    return total + jnp.sum(weights * jax.nn.log_sigmoid(signs * logits)), None
 
   total, _ = jax.lax.scan(body, jnp.zeros((), jnp.promote_types(image_embedding.dtype, jnp.float32)), (texts, tokens))
   loss = -total / n
@@ -146,16 +170,17 @@ def contrastive_term(loss_config, outputs, batch, pad_id: int):
   if "text_negative_embedding" in outputs:  # config.data.hard_negatives
     negatives = HardNegatives(outputs["text_negative_embedding"], batch["text_negative_valid"] > 0,
                               jnp.all(batch["text"][:, None, :] == batch["text_negative"][None, :, :], axis=-1))
+  shared = loss_config.get("sigmoid_positives", "each") == "shared"
   if loss_config.contrastive == "softmax":
     return contrastive_softmax_loss(image, text, scale, same_text_mask(batch["text"]), negatives)
   if loss_config.contrastive == "sigmoid" and loss_config.sigmoid_chunks > 1:
     if negatives is not None:
       raise ValueError("the chunked sigmoid loss takes no hard negatives (run_config.validate refuses both)")
     return contrastive_sigmoid_loss_chunked(image, text, scale, outputs["logit_bias"], batch["text"],
-                                            loss_config.sigmoid_chunks)
+                                            loss_config.sigmoid_chunks, shared)
   if loss_config.contrastive == "sigmoid":
     return contrastive_sigmoid_loss(image, text, scale, outputs["logit_bias"], same_text_mask(batch["text"]),
-                                    negatives)
+                                    negatives, shared)
   raise ValueError(f"config.loss.contrastive={loss_config.contrastive!r}: expected softmax, sigmoid or ''")
 
 

@@ -21,6 +21,7 @@ from vlm_jax.data.image_text import source_defaults
 from vlm_jax.errors import UserError
 
 CONTRASTIVE_LOSSES = ("", "softmax", "sigmoid")
+SIGMOID_POSITIVES = ("each", "shared")  # config.loss.sigmoid_positives (losses._pair_weights)
 
 # Logical axis -> mesh axis (None: replicated). FSDP shards the model width; tensor parallelism the MLP,
 # the heads and the vocabulary. Batches are not named here: sharding.batch_sharding splits them over
@@ -96,11 +97,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.multimodal = ml_collections.ConfigDict(dict(depth=2))
   c.model.projector = ml_collections.ConfigDict(dict(type="mlp", hidden_dim=0))
 
+  # sigmoid_positives: "each" every positive pair weighs 1 (SigLIP as published); "shared" an image's k positives
+  # (its text and every copy of it in the batch) weigh 1/k each, as the softmax's uniform target (losses.py).
   # label_smoothing: the classifier's targets (1 - eps on the label, eps / classes on every class).
   # sigmoid_chunks > 1: the SigLIP loss over that many chunks of texts (memory B x B/chunks); set it to
   # the number of devices for per-device memory that does not grow with the device count.
   c.loss = ml_collections.ConfigDict(dict(contrastive="softmax", contrastive_weight=1.0, caption_weight=0.0,
-                                          sigmoid_chunks=0, label_smoothing=0.0))
+                                          sigmoid_chunks=0, sigmoid_positives="each", label_smoothing=0.0))
   c.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=2e-3, warmup_steps=100, weight_decay=0.05, b1=0.9, b2=0.98, grad_clip_norm=1.0))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
@@ -190,6 +193,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.data.get("hard_negatives") and config.loss.sigmoid_chunks > 1:
     raise UserError("config.data.hard_negatives=True cannot be combined with config.loss.sigmoid_chunks="
                     f"{config.loss.sigmoid_chunks} (the chunked SigLIP loss has no extra negative columns)")
+  if config.loss.get("sigmoid_positives", "each") not in SIGMOID_POSITIVES:
+    raise UserError(f"config.loss.sigmoid_positives={config.loss.sigmoid_positives!r}: expected one of "
+                    f"{SIGMOID_POSITIVES}")
   if config.loss.contrastive not in CONTRASTIVE_LOSSES:
     raise UserError(f"config.loss.contrastive={config.loss.contrastive!r}: expected one of {CONTRASTIVE_LOSSES}")
   for i, entry in enumerate(config.init_from):
