@@ -25,6 +25,7 @@ Writes --out (markdown) and the same rows as JSON beside it (--out with .json).
 """
 
 import argparse
+import ast
 import datetime
 import json
 import math
@@ -58,11 +59,19 @@ def set_if_present(config, key: str, value, notes: list) -> None:
   *parents, last = key.split(".")
   node = config
   for name in parents:
-    node = node[name]
-  if last in node:
+    node = node.get(name) if hasattr(node, "get") else None
+  if node is not None and last in node:
     node[last] = value
   else:
     notes.append(f"config.{key} does not exist in this vlm_jax: left out")
+
+
+def _literal(text: str):
+  """A --set value as Python reads it (3, 0.5, True, "dots"), else the text itself."""
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
 
 
 def device_summary() -> dict:
@@ -90,12 +99,15 @@ def run_train_case(name: str, args) -> dict:
   if args.dry_run:
     for key, value in TINY_TRAIN.items():
       set_if_present(config, key, value, notes)
+  for setting in args.set or ():
+    key, _, value = setting.partition("=")
+    set_if_present(config, key, _literal(value), notes)
   result = benchmark.run_benchmark(config, steps=args.steps, warmup=args.warmup)
   summary = device_summary()
   m = config.model
   return {**summary, "case": name, "notes": notes, "batch": config.batch_size,
-          "model": (f"{m.name} ViT w{m.vision.width}-d{m.vision.depth}/{m.vision.patch_size} "
-                    f"{config.data.image_size}px, text w{m.text.width}-d{m.text.depth}-ctx{config.data.max_text_len}"),
+          "model": (f"{m.name} ViT w{m.vision.width}-d{m.vision.depth}/{m.vision.patch_size} {config.data.image_size}px "
+                    f"{m.vision.pool}, text w{m.text.width}-d{m.text.depth}-ctx{config.data.max_text_len}"),
           "compute_dtype": m.dtype, "param_dtype": m.get("param_dtype", "float32"),
           "attention": m.get("attention", None), "throughput": result["img_per_s"], "unit": "img/s",
           "step_ms": result["step_s"] * 1e3, "tflops_per_device": result["tflops_per_device"],
@@ -157,13 +169,17 @@ def run_decode_case(name: str, args) -> dict:
   tflops = total_flops / seconds / summary["devices"] / 1e12
   compiled = compile_log.LOG.programs.get("generate")
   return {**summary, "case": name, "notes": notes, "batch": batch,
-          "model": (f"Llama {n_params / 1e9:.2f}B w{shape['width']}-d{shape['depth']} "
+          "model": (f"Llama {_count(n_params)} w{shape['width']}-d{shape['depth']} "
                     f"{shape['num_heads']}/{shape['num_kv_heads']} heads, prompt {prompt} + {new} new"),
           "compute_dtype": config.model.dtype, "param_dtype": "/".join(param_dtypes),
           "attention": config.model.get("attention", None), "throughput": batch * new / seconds, "unit": "tok/s",
           "step_ms": seconds / new * 1e3, "tflops_per_device": tflops, "mfu": mfu(tflops, summary),
           "peak_memory_bytes": benchmark.peak_memory_bytes(), "compile_s": compiled.compile_s if compiled else None,
           "cache": compiled.cache if compiled else None, "gflops_per_call": total_flops / 1e9}
+
+
+def _count(n: int) -> str:
+  return f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M"
 
 
 def run_case(name: str, args) -> dict:
@@ -188,7 +204,7 @@ def markdown(rows: list, header: dict) -> str:
            f"jax {header['jax']}; dense bf16 peak {_number(header['bf16_peak_tflops'], 0) or 'unknown'} TFLOP/s; "
            f"`{header['command']}`", "",
            "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-  notes = list(header["notes"])
+  notes, row_notes = list(header["notes"]), {}
   for row in rows:
     if "error" in row:
       lines.append(f"| {row['case']} | failed: {row['error']} |" + " |" * (len(COLUMNS) - 2))
@@ -205,7 +221,10 @@ def markdown(rows: list, header: dict) -> str:
              f"{row['mfu']:.1%}" if row["mfu"] is not None else "", _number(memory / 2**30, 2) if memory else "",
              compile_s]
     lines.append("| " + " | ".join(cells) + " |")
-    notes += [f"{row['case']}: {note}" for note in row["notes"]]
+    for note in row["notes"]:
+      row_notes.setdefault(note, []).append(row["case"])
+  done = [r["case"] for r in rows if "error" not in r]
+  notes += [f"{note} ({'every case' if cases == done else ', '.join(cases)})" for note, cases in row_notes.items()]
   if rows and all(r.get("mfu") is None for r in rows if "error" not in r):
     notes.append(f"MFU blank: {header['device_kind']} has no dense bf16 peak in vlm_jax.flops.PEAK_FLOPS")
   if rows and all(not r.get("peak_memory_bytes") for r in rows if "error" not in r):
@@ -224,6 +243,8 @@ def main():
   parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
   parser.add_argument("--param_dtype", default="bfloat16", help="config.model.param_dtype, where the key exists")
   parser.add_argument("--attention", default="", help="config.model.attention, where the key exists ('': default)")
+  parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                      help="a training config override where the key exists, e.g. --set model.remat=dots (repeatable)")
   parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
   parser.add_argument("--result", help=argparse.SUPPRESS)  # internal: where that case writes its JSON
   args = parser.parse_args()
@@ -248,7 +269,8 @@ def main():
       result = os.path.join(scratch, f"{case}.json")
       command = [sys.executable, os.path.abspath(__file__), "--case", case, "--result", result,
                  f"--steps={args.steps}", f"--warmup={args.warmup}", f"--param_dtype={args.param_dtype}",
-                 f"--attention={args.attention}"] + (["--dry-run"] if args.dry_run else [])
+                 f"--attention={args.attention}"] + [f"--set={s}" for s in args.set or ()]
+      command += ["--dry-run"] if args.dry_run else []
       print(f"gpu_bench: {case} ...", flush=True)
       begin = time.time()
       proc = subprocess.run(command, env=env, capture_output=True, text=True)
