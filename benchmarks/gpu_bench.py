@@ -106,8 +106,9 @@ def run_train_case(name: str, args) -> dict:
   summary = device_summary()
   m = config.model
   return {**summary, "case": name, "notes": notes, "batch": config.batch_size,
-          "model": (f"{m.name} ViT w{m.vision.width}-d{m.vision.depth}/{m.vision.patch_size} {config.data.image_size}px "
-                    f"{m.vision.pool}, text w{m.text.width}-d{m.text.depth}-ctx{config.data.max_text_len}"),
+          "model": (f"{m.name} ViT w{m.vision.width}-d{m.vision.depth}/{m.vision.patch_size} "
+                    f"{config.data.image_size}px {m.vision.pool}, "
+                    f"text w{m.text.width}-d{m.text.depth}-ctx{config.data.max_text_len}"),
           "compute_dtype": m.dtype, "param_dtype": m.get("param_dtype", "float32"),
           "attention": m.get("attention", None), "throughput": result["img_per_s"], "unit": "img/s",
           "step_ms": result["step_s"] * 1e3, "tflops_per_device": result["tflops_per_device"],

@@ -184,7 +184,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   is_main = jax.process_index() == 0
   compile_log.LOG.start(os.path.join(prepared, COMPILE_TIMES) if is_main else None, echo=is_main)
   try:
-    return _train_and_evaluate(config, workdir, compile_log.command_started() or called)
+    command_started = compile_log.command_started()
+    since = (command_started, "the command started") if command_started else (called, "train_and_evaluate began")
+    return _train_and_evaluate(config, workdir, since)
   finally:
     compile_log.LOG.stop()
 
@@ -192,8 +194,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 COMPILE_TIMES = "compile_times.json"
 
 
-def _train_and_evaluate(config, workdir: str, started: float) -> dict:
-  """train_and_evaluate; `started` (time.time()) is when the command started, for time to first step."""
+def _train_and_evaluate(config, workdir: str, since: tuple) -> dict:
+  """train_and_evaluate; `since` (time.time(), what it is) is where time to first step counts from."""
   run = compile_log.LOG.call("init", run_lib.Run, config, workdir, for_training=True)  # compiles the state's init
   workdir, is_main = run.workdir, jax.process_index() == 0
   features = run.model_module.FEATURES
@@ -241,10 +243,10 @@ def _train_and_evaluate(config, workdir: str, started: float) -> dict:
       if step == start_step + 1:  # step 1 includes compilation: time it apart from the steps after it
         # (bool(metrics["finite"]) above already waited for the step to finish)
         window_start, window_steps = time.time(), 0
-        first_metrics = {"time_to_first_step_s": window_start - started,
+        first_metrics = {"time_to_first_step_s": window_start - since[0],
                          "compile_s/train_step": compile_log.LOG.compile_s("train_step") or 0.0}
         compile_log.LOG.add(time_to_first_step_s=round(first_metrics["time_to_first_step_s"], 3))
-        print(f"time to first step: {first_metrics['time_to_first_step_s']:.1f} s (since the command started; "
+        print(f"time to first step: {first_metrics['time_to_first_step_s']:.1f} s (since {since[1]}; "
               f"train_step compile {first_metrics['compile_s/train_step']:.1f} s of it)", flush=True)
       # The first line comes after the first compiled step, so its ETA is what this machine will take.
       first_line = step == min(start_step + 2, config.total_steps)
