@@ -23,10 +23,10 @@ def pytest_configure(config):
   worker = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
   directory = os.path.join(tempfile.gettempdir(), f"vlm_jax_test_compilation_{worker}")
   os.environ["VLM_JAX_COMPILATION_CACHE"] = directory
+  # Tests build the same small programs again and again (tiny runs, evaluators, the processes they start):
+  # keep every one of them.
+  os.environ["VLM_JAX_COMPILATION_CACHE_MIN_S"] = "0"
   compilation_cache.enable(directory)
-  # Tests build the same small programs again and again (tiny runs, evaluators): keep every one of them.
-  import jax
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 @pytest.fixture(scope="session")

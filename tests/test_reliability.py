@@ -56,7 +56,9 @@ def wait_for(predicate, process, timeout=240):
 def test_sigkill_then_rerun_equals_an_uninterrupted_run_bit_for_bit(data_dir, tmp_path):
   steps = ["--config.total_steps=16", "--config.checkpoint_every_steps=4"]
   straight = tmp_path / "straight"
-  subprocess.run(train_command(data_dir, straight, *steps), env=env(), check=True, capture_output=True)
+  first = subprocess.run(train_command(data_dir, straight, *steps), env=env(), check=True, capture_output=True,
+                         text=True)
+  assert "time to first step: " in first.stdout and "compile: train_step " in first.stdout, first.stdout[-2000:]
 
   killed = tmp_path / "killed"
   process = subprocess.Popen(train_command(data_dir, killed, *steps), env=env(), stdout=subprocess.PIPE,
@@ -65,7 +67,11 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run_bit_for_bit(data_dir, tm
   wait_for(lambda: (killed / "checkpoints" / "4").is_dir() and len(losses_by_step(killed)) >= 6, process)
   process.send_signal(signal.SIGKILL)
   process.wait()
-  subprocess.run(train_command(data_dir, killed, *steps), env=env(), check=True, capture_output=True)
+  rerun = subprocess.run(train_command(data_dir, killed, *steps), env=env(), check=True, capture_output=True,
+                         text=True)
+  # The same program as the first process's: read back from the persistent compilation cache, not compiled.
+  step_line = [line for line in rerun.stdout.splitlines() if line.startswith("compile: train_step ")]
+  assert step_line and "(cache hit" in step_line[0], rerun.stdout[-2000:]
 
   assert losses_by_step(killed) == losses_by_step(straight)  # every step, before and after the restart
   _, params_straight = checkpointing.read_params(str(straight))

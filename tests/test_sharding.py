@@ -230,9 +230,10 @@ def test_flop_count_matches_a_hand_count_for_a_tiny_two_tower():
   config.batch_size = 2
   # Vision: 4 patches of 48 values. Embedding 2*4*48*8 = 3072. Block: QKVO 4 * 2*4*8*8 = 2048,
   # scores + AV 2 * 2*4*4*8 = 512, MLP 2 * 2*4*8*16 = 2048 -> 4608. Total 7680.
-  # Text: 3 tokens. QKVO 4 * 2*3*8*8 = 1536, scores + AV 2 * 2*3*3*8 = 288, MLP 2 * 2*3*8*16 = 1536 -> 3360.
+  # Text: 3 tokens. QKVO 4 * 2*3*8*8 = 1536, scores + AV 2 * 2*3*3*8 = 288 halved (causal, as MaxText counts)
+  # = 144, MLP 2 * 2*3*8*16 = 1536 -> 3216.
   # Projections 2*8*4 * 2 = 128; contrastive logits: this example's row, 2 * B * E = 16.
-  forward = 7680 + 3360 + 128 + 16
+  forward = 7680 + 3216 + 128 + 16
   parts = models.get(config.model.name).forward_flops(config, vocab_size=10, batch_size=config.batch_size)
   assert flops.train_flops_per_step(parts, config.batch_size) == 3 * forward * 2
   assert flops.train_flops_per_step(parts, config.batch_size, multipliers={"vision": 1}) == (3 * forward - 2 * 7680) * 2

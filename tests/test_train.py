@@ -8,7 +8,7 @@ import sys
 import optax
 import pytest
 
-from vlm_jax import evaluation, run, run_config, train_state, trainer
+from vlm_jax import evaluation, models, run, run_config, train_state, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,6 +61,19 @@ def test_tiny_run_lowers_the_loss_and_writes_eval_json(name, data_dir, tmp_path)
   assert os.path.isdir(tmp_path / "checkpoints" / "40")
   assert os.path.exists(tmp_path / "tokenizer.model")  # with config.json, all that inference needs
   assert any(f.startswith("events") for f in os.listdir(tmp_path / "tensorboard"))
+  # Compile time: each program the run compiled, with its seconds and cache outcome, and the time to step 1.
+  with open(tmp_path / "compile_times.json") as f:
+    compiled = json.load(f)
+  programs = compiled["programs"]
+  assert {"init", "train_step"} <= set(programs), programs
+  assert ("generate" in programs) == models.get(config.model.name).GENERATES  # the captioning evaluators decode
+  for name, figures in programs.items():
+    assert figures["compile_s"] > 0 and figures["compiles"] >= 1, (name, figures)
+    assert figures["cache"] in ("hit", "miss") or figures["cache"].endswith("hits"), (name, figures)
+  first = read_metrics(tmp_path)[0]
+  assert first["compile_s/train_step"] == pytest.approx(programs["train_step"]["compile_s"], abs=1e-3)
+  assert first["time_to_first_step_s"] == pytest.approx(compiled["time_to_first_step_s"], abs=1e-3)
+  assert first["time_to_first_step_s"] > programs["train_step"]["compile_s"]
 
 
 def test_rerunning_resumes_from_the_latest_checkpoint_at_the_right_step(data_dir, tmp_path, capsys):

@@ -12,7 +12,9 @@ Printed keys: img_per_s (batch / step_s), step_s (median of the timed steps; ste
 cpu_s_per_step (CPU time of this process per step, all threads: a check on contention),
 tflops_per_device and mfu (FLOPs counted by `flops.train_flops_per_step`, divided by the peak),
 matmul_peak_tflops (this machine's measured float32 matmul peak on CPU, the table's peak elsewhere),
-compile_s, and the shape and thread settings used.
+compile_s (the warm-up steps' wall time), train_step_compile_s and train_step_cache (the step's trace, lowering
+and XLA seconds and the persistent cache's part, vlm_jax/compile_log.py), peak_memory_bytes (the devices'
+allocator peak, None where the device reports none: CPU), and the shape and thread settings used.
 
 CPU threading: XLA:CPU runs each op on its own Eigen thread pool as wide as the host's cores. This
 module leaves XLA_FLAGS as it finds it (tests set a simulated device count there); --xla_flags adds flags
@@ -43,10 +45,11 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from vlm_jax import flops, models, run_config, sharding, train_state, trainer  # noqa: E402
+from vlm_jax import compile_log, flops, models, run_config, sharding, train_state, trainer  # noqa: E402
 from vlm_jax.errors import UserError  # noqa: E402
 
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
+STEP_PROGRAM = "benchmark_train_step"  # the step's name in compile_log
 
 config_flags.DEFINE_config_file("config", None, "Benchmark config, e.g. configs/bench_small.py.", lock_config=False)
 flags.DEFINE_integer("steps", 10, "Timed steps (after the warm-up).")
@@ -90,7 +93,8 @@ def run_benchmark(config, *, steps: int = 10, warmup: int = 2, vocab_size: int =
   tx = train_state.make_optimizer(config)
   sample = models.sample_batch(model_module.FEATURES, 2, config.data.image_size, config.data.max_text_len)
   state, shardings = train_state.create_train_state(model, tx, sample, jax.random.key(config.seed), mesh, rules)
-  step_fn = trainer.make_train_step(model, config, PAD_ID, shardings, mesh)
+  compile_log.LOG.programs.pop(STEP_PROGRAM, None)  # this call's compile only, not an earlier call's
+  step_fn = compile_log.named(STEP_PROGRAM, trainer.make_train_step(model, config, PAD_ID, shardings, mesh))
   device = jax.devices()[0]
   peak = flops.peak_flops_per_device(device)  # measured on CPU: before the step runs, on an idle pool
   host_batch = random_batch(model_module.FEATURES, config.batch_size, config.data.image_size,
@@ -118,6 +122,7 @@ def run_benchmark(config, *, steps: int = 10, warmup: int = 2, vocab_size: int =
       jax.profiler.stop_trace()
 
   step_s, step_s_min = float(np.median(times)), float(np.min(times))
+  compiled = compile_log.LOG.programs.get(STEP_PROGRAM)
   step_flops = flops.train_flops_per_step(model_module.forward_flops(config, vocab_size, config.batch_size),
                                           config.batch_size)
   matmul_peak = peak * jax.local_device_count() if device.platform == "cpu" else peak
@@ -131,10 +136,21 @@ def run_benchmark(config, *, steps: int = 10, warmup: int = 2, vocab_size: int =
       "vocab_size": vocab_size, "dtype": m.dtype, "steps": steps,
       "img_per_s": config.batch_size / step_s, "step_s": step_s, "step_s_min": step_s_min,
       "cpu_s_per_step": cpu_s, "compile_s": compile_s, "gflops_per_step": step_flops / 1e9,
+      "train_step_compile_s": compiled.compile_s if compiled else None,
+      "train_step_cache": compiled.cache if compiled else None,
+      "peak_memory_bytes": peak_memory_bytes(),
       "tflops_per_device": tflops, "mfu": tflops * 1e12 / peak, "matmul_peak_tflops": matmul_peak / 1e12,
       "loss": float(metrics["loss"]), "devices": jax.device_count(), "platform": device.platform,
       "cpu_count": os.cpu_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
+
+
+def peak_memory_bytes() -> int | None:
+  """The largest allocator peak (memory_stats' peak_bytes_in_use) over this process's devices since it started;
+  None where the devices report no memory statistics (CPU)."""
+  peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in jax.local_devices()]
+  peaks = [p for p in peaks if p is not None]
+  return max(peaks) if peaks else None
 
 
 def _main(argv):

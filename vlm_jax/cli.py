@@ -9,6 +9,9 @@ becomes one line on stderr and exit status 1, no traceback.
 import functools
 import os
 import sys
+import time
+
+_STARTED = time.time()  # the command's start, near enough (before jax is imported): time to first step counts from it
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -53,8 +56,9 @@ def _run(argv, command: str):
     if not FLAGS.workdir:
       raise UserError("--workdir is required")
     _initialize_distributed()
-    from vlm_jax import compilation_cache  # noqa: PLC0415
+    from vlm_jax import compilation_cache, compile_log  # noqa: PLC0415
     compilation_cache.enable()
+    compile_log.mark_command_start(_STARTED)
     # Imported once the flags are good: a mistake in them is reported before the data pipeline loads.
     if command == "train":
       from vlm_jax import trainer  # noqa: PLC0415

@@ -2,13 +2,15 @@
 program (same HLO, same flags, same jax) loads the executable from disk instead of compiling it again.
 
 Where: $VLM_JAX_COMPILATION_CACHE if set ("" or "off" disables it), else ~/.cache/vlm_jax/jax_compilation.
+Programs that compile in under $VLM_JAX_COMPILATION_CACHE_MIN_S seconds (default 1) are not stored.
 Entry points (python -m vlm_jax.train | evaluate | predict) call `enable()`; tests point it at a folder of
-their own session.
+their own session and store every program. Each compile's seconds and cache outcome: vlm_jax/compile_log.py.
 """
 
 import os
 
 ENV = "VLM_JAX_COMPILATION_CACHE"
+MIN_SECONDS_ENV = "VLM_JAX_COMPILATION_CACHE_MIN_S"
 DEFAULT_DIR = "~/.cache/vlm_jax/jax_compilation"
 
 
@@ -27,5 +29,11 @@ def enable(directory: str | None = None) -> str | None:
     return None
   jax.config.update("jax_compilation_cache_dir", directory)
   # Programs that compile in under a second are cheaper to compile again than to read back.
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  try:
+    minimum = float(os.environ.get(MIN_SECONDS_ENV, "1.0"))
+  except ValueError:
+    print(f"warning: {MIN_SECONDS_ENV}={os.environ[MIN_SECONDS_ENV]!r} is not a number of seconds; using 1",
+          flush=True)
+    minimum = 1.0
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", minimum)
   return directory

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vlm_jax import compile_log
 from vlm_jax.models import layers
 
 METHODS = ("greedy", "sample", "beam")
@@ -394,8 +395,9 @@ def generate(model, params, images, tokens, start, *, config: DecodeConfig, eos_
 
 
 def make_generate(model, config: DecodeConfig, eos_id: int, pad_id: int = 0, prompt_len: int = 0):
-  """jit of `generate`: fn(params, images, tokens, start, rng) -> (tokens int[B, L], scores float[B])."""
+  """jit of `generate`: fn(params, images, tokens, start, rng) -> (tokens int[B, L], scores float[B]); its
+  compiles are program "generate" of compile_log."""
   def fn(params, images, tokens, start, rng):
     return generate(model, params, images, tokens, start, config=config, eos_id=eos_id, pad_id=pad_id, rng=rng,
                     prompt_len=prompt_len)
-  return jax.jit(fn)
+  return compile_log.named("generate", jax.jit(fn))

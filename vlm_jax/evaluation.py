@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from vlm_jax import decoding, inference, models
+from vlm_jax import compile_log, decoding, inference, models
 from vlm_jax import run as run_lib
 from vlm_jax.data import pipeline, tokenizer as tokenizer_lib
 from vlm_jax.errors import UserError
@@ -255,8 +255,12 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
   if not step:
     raise UserError(f"no checkpoint found in {run.checkpoints.directory}")
   evaluator = Evaluator(run.model, config, run.tokenizer)
-  with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
-    scores = evaluate_splits(evaluator, run.state.params, config)
+  compile_log.LOG.start(echo=jax.process_index() == 0)  # a line per compiled evaluator program
+  try:
+    with jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
+      scores = evaluate_splits(evaluator, run.state.params, config)
+  finally:
+    compile_log.LOG.stop()
   run.checkpoints.close()
   if jax.process_index() == 0:
     path = write_eval_json(run.workdir, step, scores)

@@ -14,7 +14,7 @@ import sys
 import jax
 import numpy as np
 
-from vlm_jax import checkpointing, decoding, losses, models, run_config
+from vlm_jax import checkpointing, compile_log, decoding, losses, models, run_config
 from vlm_jax.data import images as images_lib, pipeline, tokenizer as tokenizer_lib
 from vlm_jax.errors import UserError
 from vlm_jax.evaluators import zero_shot
@@ -25,8 +25,8 @@ BATCH_SIZE = 16
 
 def prediction_fns(model_module, model, decode_config: decoding.DecodeConfig, eos_id: int, pad_id: int) -> dict:
   """The model's predict_fns, jitted, and "generate" (decoding.make_generate: fn(params, images, tokens,
-  start, rng) -> (tokens, scores)) where the model writes text."""
-  fns = {name: jax.jit(fn) for name, fn in model_module.predict_fns(model).items()}
+  start, rng) -> (tokens, scores)) where the model writes text; each a program of compile_log under its name."""
+  fns = {name: compile_log.named(name, jax.jit(fn)) for name, fn in model_module.predict_fns(model).items()}
   if model_module.GENERATES:
     fns["generate"] = decoding.make_generate(model, decode_config, eos_id, pad_id)
   return fns

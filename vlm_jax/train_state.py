@@ -7,6 +7,7 @@ import re
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
@@ -52,7 +53,9 @@ def create_train_state(model, tx, batch: dict, rng, mesh, rules):
   """Initialises the state already sharded: jit of init with out_shardings from its abstract shape."""
   def init(rng):
     params = model.init(rng, batch)["params"]
-    return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+    # The step as a strongly typed int32, as a checkpoint restores it: a weakly typed 0 (flax's default) makes
+    # the train step of a fresh run another program than a resumed run's, so a resume missed the compile cache.
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx).replace(step=jnp.zeros((), jnp.int32))
 
   with nn.logical_axis_rules(rules):
     abstract = jax.eval_shape(init, rng)

@@ -2,6 +2,11 @@
 
 Re-running on the same workdir resumes from the latest checkpoint in DIR/checkpoints/. The command line
 is `python -m vlm_jax.train` (vlm_jax/train.py, flags only).
+
+Compile time: every jitted program the run compiles (the state's initialisation "init", "train_step", the
+evaluators' and "generate") prints one line "compile: NAME 12.3 s (cache miss)" when it compiles, and
+DIR/compile_times.json holds them all with time_to_first_step_s (vlm_jax/compile_log.py); the first
+metrics.jsonl line has compile_s/train_step and time_to_first_step_s.
 """
 
 import os
@@ -12,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vlm_jax import (checkpointing, evaluation, flops, losses, metrics_writer, models, preemption, pretrained,
-                     sharding, train_state)
+from vlm_jax import (checkpointing, compile_log, evaluation, flops, losses, metrics_writer, models, preemption,
+                     pretrained, sharding, train_state)
 from vlm_jax import run as run_lib
 from vlm_jax.data import pipeline, tokenizer as tokenizer_lib
 from vlm_jax.errors import UserError
@@ -173,8 +178,25 @@ def initialize_from(params, shardings, init_from, image_size=None) -> dict:
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains for config.total_steps (resuming if DIR holds checkpoints), then scores the test split (unless
   config.eval.at_end is False); returns the scores written to DIR/eval.json ({} without them)."""
-  run_lib.check_same_model(config, run_lib.prepare_workdir(workdir))
-  run = run_lib.Run(config, workdir, for_training=True)
+  called = time.time()
+  prepared = run_lib.prepare_workdir(workdir)
+  run_lib.check_same_model(config, prepared)
+  is_main = jax.process_index() == 0
+  compile_log.LOG.start(os.path.join(prepared, COMPILE_TIMES) if is_main else None, echo=is_main)
+  try:
+    command_started = compile_log.command_started()
+    since = (command_started, "the command started") if command_started else (called, "train_and_evaluate began")
+    return _train_and_evaluate(config, workdir, since)
+  finally:
+    compile_log.LOG.stop()
+
+
+COMPILE_TIMES = "compile_times.json"
+
+
+def _train_and_evaluate(config, workdir: str, since: tuple) -> dict:
+  """train_and_evaluate; `since` (time.time(), what it is) is where time to first step counts from."""
+  run = compile_log.LOG.call("init", run_lib.Run, config, workdir, for_training=True)  # compiles the state's init
   workdir, is_main = run.workdir, jax.process_index() == 0
   # The model's features, and the hard negatives of its contrastive texts where the data gives them.
   features = run.model_module.FEATURES
@@ -200,11 +222,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
       run.model_module.forward_flops(config, run.tokenizer.vocab_size, config.batch_size), config.batch_size,
       flop_multipliers(config, run.state.params))
   peak = flops.peak_flops_per_device(jax.devices()[0])
-  train_step = make_train_step(run.model, config, run.tokenizer.pad_id, run.state_shardings, run.mesh)
+  train_step = compile_log.named(
+      "train_step", make_train_step(run.model, config, run.tokenizer.pad_id, run.state_shardings, run.mesh))
   evaluator = evaluation.Evaluator(run.model, config, run.tokenizer)
   eval_specs = specs.eval_specs(config)
   state, step, skipped = run.state, start_step, 0
-  window_start, window_steps, train_start = time.time(), 0, time.time()
+  window_start, window_steps, train_start, first_metrics = time.time(), 0, time.time(), {}
   stop = preemption.StopRequest()
   with stop, jax.set_mesh(run.mesh), nn.logical_axis_rules(run.rules):
     while step < config.total_steps:
@@ -222,7 +245,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
                           "lower config.optimizer.learning_rate or set config.nonfinite='skip'")
       if step == start_step + 1:  # step 1 includes compilation: time it apart from the steps after it
         # (bool(metrics["finite"]) above already waited for the step to finish)
-        compile_seconds, window_start, window_steps = time.time() - window_start, time.time(), 0
+        window_start, window_steps = time.time(), 0
+        first_metrics = {"time_to_first_step_s": window_start - since[0],
+                         "compile_s/train_step": compile_log.LOG.compile_s("train_step") or 0.0}
+        compile_log.LOG.add(time_to_first_step_s=round(first_metrics["time_to_first_step_s"], 3))
+        print(f"time to first step: {first_metrics['time_to_first_step_s']:.1f} s (since {since[1]}; "
+              f"train_step compile {first_metrics['compile_s/train_step']:.1f} s of it)", flush=True)
       # The first line comes after the first compiled step, so its ETA is what this machine will take.
       first_line = step == min(start_step + 2, config.total_steps)
       if step % config.log_every_steps == 0 or step == config.total_steps or first_line:
@@ -231,7 +259,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         images_per_second = window_steps * config.batch_size / max(elapsed, 1e-9)
         eta = (config.total_steps - step) * elapsed / max(window_steps, 1)
         tflops = window_steps * step_flops / max(elapsed, 1e-9) / jax.device_count() / 1e12
-        writer.write(step, {**metrics, "images_per_second": images_per_second,
+        writer.write(step, {**metrics, **first_metrics, "images_per_second": images_per_second,
                             "tokens_per_second": images_per_second * flops.tokens_per_example(config, features),
                             "tflops_per_device": tflops, "mfu": tflops * 1e12 / peak, "skipped_steps": skipped,
                             "truncated_texts": pipeline.TRUNCATIONS.truncated,
@@ -239,9 +267,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         speed = (f"{images_per_second:.0f} img/s | {tflops:.3f} TFLOP/s/device | MFU {tflops * 1e12 / peak:.1%} | "
                  f"ETA {_format_duration(eta)}")
         if first_line:
-          speed = f"compiled in {compile_seconds:.1f} s | " + speed + " on this machine"
+          speed += " on this machine"
         print(f"step {step}/{config.total_steps} | loss {metrics['loss']:.4f} | {speed}", flush=True)
-        window_start, window_steps = time.time(), 0
+        window_start, window_steps, first_metrics = time.time(), 0, {}
       if stop.agreed():
         run.checkpoints.save(step, state, run.data_iterator)
         run.checkpoints.close()
