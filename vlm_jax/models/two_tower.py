@@ -72,11 +72,12 @@ class TwoTower(nn.Module):
     return outputs, {"image": image_intermediates, "text": text_intermediates}
 
 
-def build(config, *, vocab_size: int, max_len: int, eos_id: int, pad_id: int, dtype, remat: str, scan: bool = True) -> TwoTower:
+def build(config, *, vocab_size: int, max_len: int, eos_id: int, pad_id: int, dtype, remat: str,
+          scan: bool = True, attention: str = "auto") -> TwoTower:
   """config: the run config's `model` section."""
-  return TwoTower(vision=towers.build_vit(config.vision, dtype, remat, scan),
+  return TwoTower(vision=towers.build_vit(config.vision, dtype, remat, scan, attention),
                   text=towers.build_text(config.text, vocab_size, max_len, dtype, remat, scan, pool_eos_id=eos_id,
-                                         pad_id=pad_id),
+                                         pad_id=pad_id, attention=attention),
                   embed_dim=config.embed_dim, scale_init=config.logit_scale_init,
                   bias_init=config.logit_bias_init, dtype=dtype)
 
