@@ -45,6 +45,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from vlm_jax import flops, models, run_config, sharding, train_state, trainer  # noqa: E402
 from vlm_jax.errors import UserError  # noqa: E402
+from vlm_jax.models import towers  # noqa: E402
 
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 
@@ -89,7 +90,8 @@ def run_benchmark(config, *, steps: int = 10, warmup: int = 2, vocab_size: int =
                              eos_id=EOS_ID, pad_id=PAD_ID)
   tx = train_state.make_optimizer(config)
   sample = models.sample_batch(model_module.FEATURES, 2, config.data.image_size, config.data.max_text_len)
-  state, shardings = train_state.create_train_state(model, tx, sample, jax.random.key(config.seed), mesh, rules)
+  state, shardings = train_state.create_train_state(model, tx, sample, jax.random.key(config.seed), mesh, rules,
+                                                    towers.param_dtype_of(config.model))
   step_fn = trainer.make_train_step(model, config, PAD_ID, shardings, mesh)
   device = jax.devices()[0]
   peak = flops.peak_flops_per_device(device)  # measured on CPU: before the step runs, on an idle pool
@@ -128,7 +130,8 @@ def run_benchmark(config, *, steps: int = 10, warmup: int = 2, vocab_size: int =
       "image_size": config.data.image_size, "patch_size": m.vision.patch_size,
       "vision": f"w{m.vision.width}-d{m.vision.depth}-h{m.vision.num_heads}-mlp{m.vision.mlp_dim}",
       "text": f"w{m.text.width}-d{m.text.depth}-h{m.text.num_heads}-mlp{m.text.mlp_dim}-ctx{config.data.max_text_len}",
-      "vocab_size": vocab_size, "dtype": m.dtype, "steps": steps,
+      "vocab_size": vocab_size, "dtype": m.dtype, "param_dtype": m.get("param_dtype", "float32"),
+      "attention": m.get("attention", "auto"), "steps": steps,
       "img_per_s": config.batch_size / step_s, "step_s": step_s, "step_s_min": step_s_min,
       "cpu_s_per_step": cpu_s, "compile_s": compile_s, "gflops_per_step": step_flops / 1e9,
       "tflops_per_device": tflops, "mfu": tflops * 1e12 / peak, "matmul_peak_tflops": matmul_peak / 1e12,

@@ -28,7 +28,8 @@ def l2_normalize(x, eps=1e-6):
 
 
 class ContrastiveHead(nn.Module):
-  """The learned temperature (log scale) and, for SigLIP, bias of the contrastive logits."""
+  """The learned temperature (log scale) and, for SigLIP, bias of the contrastive logits, returned in float32
+  whatever the parameters' dtype (the loss is float32)."""
   scale_init: float = float(np.log(1 / 0.07))
   bias_init: float = 0.0
 
@@ -36,7 +37,7 @@ class ContrastiveHead(nn.Module):
   def __call__(self):
     scale = self.param("logit_scale", layers.partitioned(nn.initializers.constant(self.scale_init), ()), ())
     bias = self.param("logit_bias", layers.partitioned(nn.initializers.constant(self.bias_init), ()), ())
-    return scale, bias
+    return layers.at_least_float32(scale), layers.at_least_float32(bias)
 
 
 class TwoTower(nn.Module):
