@@ -201,7 +201,8 @@ def _write(cache: jnp.ndarray, new: jnp.ndarray, index: jnp.ndarray) -> jnp.ndar
 
 # How attention weights are computed (config.model.attention): "explicit" the einsums of Attention, "dot_product"
 # jax.nn.dot_product_attention (cuDNN flash attention on a GPU where it fits, else its XLA path), "auto" dot_product
-# on a GPU or TPU and explicit on CPU, where the einsums measured faster (README, config.model.attention).
+# on a GPU or TPU and explicit on CPU, where dot_product's XLA path measured no faster on the bench configs' train
+# step (the same einsums, vmapped over the query groups) and the explicit path is what CPU runs were tuned on.
 ATTENTION = ("auto", "explicit", "dot_product")
 
 
@@ -216,8 +217,8 @@ def attention_path(kind: str) -> str:
 
 def _fits_cudnn(query, mask) -> bool:
   """Whether cuDNN flash attention takes query float[B, T, N, hd] with `mask` (jax 0.10.2 raises, rather than
-  falls back, on what it refuses): a GPU, bf16 or fp16, hd a multiple of 8 and <= 128 (256 from Hopper on), and
-  no mask array.
+  falls back, on what it refuses): a GPU, bf16 or fp16, hd a multiple of 8 and <= 128 (what every GPU generation
+  takes; Hopper also takes 256), and no mask array.
 
   Masks (openxla/xla#11444): cuDNN's mask input multiplied the logits instead of setting them to -inf, so XLA
   dropped it; a mask now reaches cuDNN only as an additive bias (jax makes a bool mask -2**41 where False), and
