@@ -1,5 +1,5 @@
 """config.model.param_dtype and config.optimizer.mu_dtype: bf16 end to end trains; parameters and Adam's moments
-are stored in the dtypes asked for; checkpoints and init_from hf: keep them."""
+are stored in the dtypes asked for; init_from hf: lands in them."""
 
 import os
 
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vlm_jax import benchmark, checkpointing, hf_configs, models, pretrained, sharding, train_state, trainer
+from vlm_jax import benchmark, hf_configs, models, pretrained, sharding, train_state, trainer
 from vlm_jax.errors import UserError
 from vlm_jax.models import towers
 from vlm_jax.run_config import base_config
@@ -55,10 +55,9 @@ def adam_state(opt_state):
 
 
 @pytest.mark.parametrize("name", ["two_tower", "prefix_lm"])
-def test_bf16_end_to_end_trains_with_every_parameter_in_bf16(name, tmp_path):
+def test_bf16_end_to_end_trains_with_every_parameter_in_bf16(name):
   """param_dtype=dtype=bfloat16: every parameter and both Adam moments are bf16 before and after steps on a
-  fixed batch, the loss is finite and goes down (by far more than bf16 rounding of a loss of ~2: 2**-7 * 2), and a
-  checkpoint restores the bf16 state as it was saved."""
+  fixed batch, and the loss is finite and goes down (by far more than bf16 rounding of a loss of ~2: 2**-7 * 2)."""
   config = tiny_config(name, "bfloat16", "bfloat16")
   model, state, shardings, mesh, rules = build(config)
   assert dtypes(state.params) == {jnp.dtype(jnp.bfloat16)}
@@ -74,14 +73,6 @@ def test_bf16_end_to_end_trains_with_every_parameter_in_bf16(name, tmp_path):
   assert np.all(np.isfinite(losses)), losses
   assert losses[-1] < losses[0] - 0.1, losses
   assert dtypes(state.params) == dtypes(adam_state(state.opt_state)) == {jnp.dtype(jnp.bfloat16)}
-  if name == "two_tower":  # one model is enough for the checkpoint round trip
-    checkpoints = checkpointing.Checkpoints(str(tmp_path), keep=1)
-    checkpoints.save(4, state, None)
-    checkpoints.wait()
-    restored = checkpoints.restore(4, state)
-    checkpoints.close()
-    assert dtypes(restored.params) == {jnp.dtype(jnp.bfloat16)}
-    jax.tree.map(np.testing.assert_array_equal, restored.params, state.params)
 
 
 def test_float32_params_with_bf16_compute_keep_float32_and_mu_follows_mu_dtype():
