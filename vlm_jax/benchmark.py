@@ -47,6 +47,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from vlm_jax import compile_log, flops, models, run_config, sharding, train_state, trainer  # noqa: E402
 from vlm_jax.errors import UserError  # noqa: E402
+from vlm_jax.models import towers  # noqa: E402
 
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 STEP_PROGRAM = "benchmark_train_step"  # the step's name in compile_log
@@ -92,7 +93,8 @@ def run_benchmark(config, *, steps: int = 10, warmup: int = 2, vocab_size: int =
                              eos_id=EOS_ID, pad_id=PAD_ID)
   tx = train_state.make_optimizer(config)
   sample = models.sample_batch(model_module.FEATURES, 2, config.data.image_size, config.data.max_text_len)
-  state, shardings = train_state.create_train_state(model, tx, sample, jax.random.key(config.seed), mesh, rules)
+  state, shardings = train_state.create_train_state(model, tx, sample, jax.random.key(config.seed), mesh, rules,
+                                                    towers.param_dtype_of(config.model))
   compile_log.LOG.programs.pop(STEP_PROGRAM, None)  # this call's compile only, not an earlier call's
   step_fn = compile_log.named(STEP_PROGRAM, trainer.make_train_step(model, config, PAD_ID, shardings, mesh))
   device = jax.devices()[0]
@@ -133,7 +135,8 @@ def run_benchmark(config, *, steps: int = 10, warmup: int = 2, vocab_size: int =
       "image_size": config.data.image_size, "patch_size": m.vision.patch_size,
       "vision": f"w{m.vision.width}-d{m.vision.depth}-h{m.vision.num_heads}-mlp{m.vision.mlp_dim}",
       "text": f"w{m.text.width}-d{m.text.depth}-h{m.text.num_heads}-mlp{m.text.mlp_dim}-ctx{config.data.max_text_len}",
-      "vocab_size": vocab_size, "dtype": m.dtype, "steps": steps,
+      "vocab_size": vocab_size, "dtype": m.dtype, "param_dtype": m.get("param_dtype", "float32"),
+      "attention": m.get("attention", "auto"), "steps": steps,
       "img_per_s": config.batch_size / step_s, "step_s": step_s, "step_s_min": step_s_min,
       "cpu_s_per_step": cpu_s, "compile_s": compile_s, "gflops_per_step": step_flops / 1e9,
       "train_step_compile_s": compiled.compile_s if compiled else None,

@@ -3,10 +3,11 @@
 `estimate(config, vocab_size, device_count)` reads the model's parameter shapes (jax.eval_shape: nothing is
 allocated) and the config's mesh and logical axis rules, and counts per device:
 
-- params: float32 (vlm_jax keeps parameters in float32 whatever config.model.dtype), each split over the mesh
+- params: in config.model.param_dtype (float32 unless set, whatever config.model.dtype), each split over the mesh
   axes its logical names map to (a dimension that does not split evenly stays whole, as sharding.fit_to_shapes);
-- optimizer: AdamW's two float32 moments of the trained parameters only (config.freeze: frozen parameters have
-  no optimizer state); gradients: float32, trained parameters only, sharded like them;
+- optimizer: AdamW's two moments of the trained parameters only (config.freeze: frozen parameters have no
+  optimizer state), the first in config.optimizer.mu_dtype, the second in param_dtype; gradients: param_dtype,
+  trained parameters only, sharded like them;
 - activations of one micro-batch (batch_size / (data * fsdp) / grad_accum_steps examples per device), in the
   compute dtype, with config.model.remat = "full": the input of every decoder block is kept for the backward
   pass, and one block at a time is recomputed and differentiated: its q/k/v/output, the attention scores
@@ -44,7 +45,8 @@ def _shard_factor(shape, spec, mesh_sizes: dict) -> int:
 
 
 def parameters(config, vocab_size: int, mesh_sizes: dict) -> dict:
-  """{top-level component: (parameter count, float32 bytes per device, trained count, trained bytes per device)}."""
+  """{top-level component: (parameter count, bytes per device in config.model.param_dtype, trained count, trained
+  bytes per device)}."""
   model = models.build_model(config.model, vocab_size=vocab_size, max_len=config.data.max_text_len, eos_id=2, pad_id=0)
   batch = models.sample_batch(models.get(config.model.name).FEATURES, 1, config.data.image_size,
                               config.data.max_text_len)
@@ -55,10 +57,10 @@ def parameters(config, vocab_size: int, mesh_sizes: dict) -> dict:
   shapes = nn.meta.unbox(boxed)
   frozen = traverse_util.flatten_dict(train_state.frozen_mask(shapes, config.freeze)) if config.freeze else {}
   flat_specs = traverse_util.flatten_dict(specs, is_leaf=lambda _, x: isinstance(x, jax.sharding.PartitionSpec))
-  out = {}
+  out, itemsize = {}, jnp.dtype(towers.param_dtype_of(config.model)).itemsize
   for path, leaf in traverse_util.flatten_dict(shapes).items():
     count = math.prod(leaf.shape)
-    local = count * 4 / _shard_factor(leaf.shape, flat_specs[path], mesh_sizes)
+    local = count * itemsize / _shard_factor(leaf.shape, flat_specs[path], mesh_sizes)
     trained = not frozen.get(path, False)
     total = out.setdefault(path[0], [0, 0.0, 0, 0.0])
     total[0] += count
@@ -96,13 +98,15 @@ def estimate(config, vocab_size: int, device_count: int) -> dict:
   data, fsdp, tensor = sharding.mesh_shape(config.mesh, device_count)
   mesh_sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}
   params = parameters(config, vocab_size, mesh_sizes)
+  param_itemsize = jnp.dtype(towers.param_dtype_of(config.model)).itemsize
+  mu_itemsize = jnp.dtype(train_state.mu_dtype_of(config.optimizer) or towers.param_dtype_of(config.model)).itemsize
   per_device_batch = config.batch_size // (data * fsdp) // config.grad_accum_steps
   acts = activations(config, vocab_size, per_device_batch)
   result = dict(
       params_b=sum(p[0] for p in params.values()) / 1e9,
       trained_b=sum(p[2] for p in params.values()) / 1e9,
       params=sum(p[1] for p in params.values()) / GB,
-      optimizer=2 * sum(p[3] for p in params.values()) / GB,
+      optimizer=(1 + mu_itemsize / param_itemsize) * sum(p[3] for p in params.values()) / GB,
       gradients=sum(p[3] for p in params.values()) / GB,
       activations=sum(acts.values()) / GB,
       mesh=dict(mesh_sizes), per_device_batch=per_device_batch,

@@ -16,7 +16,7 @@ from jax.experimental import multihost_utils
 from vlm_jax import checkpointing, models, run_config, sharding, train_state
 from vlm_jax.data import pipeline, tokenizer as tokenizer_lib
 from vlm_jax.errors import UserError
-from vlm_jax.models import layers
+from vlm_jax.models import layers, towers
 
 
 def prepare_workdir(workdir: str) -> str:
@@ -102,7 +102,8 @@ class Run:
     self.tx = train_state.make_optimizer(config)
     batch = models.sample_batch(self.model_module.FEATURES, 2, config.data.image_size, config.data.max_text_len)
     self.state, self.state_shardings = train_state.create_train_state(
-        self.model, self.tx, batch, jax.random.key(config.seed), self.mesh, self.rules)
+        self.model, self.tx, batch, jax.random.key(config.seed), self.mesh, self.rules,
+        towers.param_dtype_of(config.model))
     self.checkpoints = checkpointing.Checkpoints(self.workdir, config.keep_checkpoints)
 
   def restore_latest(self) -> int:
@@ -138,8 +139,8 @@ class Run:
                                     pad_id=self.tokenizer.pad_id)
     batch = models.sample_batch(self.model_module.FEATURES, 2, self.config.data.image_size,
                                 self.config.data.max_text_len)
-    init = lambda rng: train_state.TrainState.create(apply_fn=loop_model.apply,
-                                                     params=loop_model.init(rng, batch)["params"], tx=self.tx)
+    params = lambda rng: train_state.init_params(loop_model, rng, batch, towers.param_dtype_of(self.config.model))
+    init = lambda rng: train_state.TrainState.create(apply_fn=loop_model.apply, params=params(rng), tx=self.tx)
     replicated = sharding.replicated(self.mesh)
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
                             nn.meta.unbox(jax.eval_shape(init, jax.random.key(0))))

@@ -77,8 +77,13 @@ def base_config() -> ml_collections.ConfigDict:
       # the embedded tokens).
       # prefix_attention (prefix_lm): "bidirectional" image and prompt see each other (PaliGemma), "causal" every
       # position sees only those before it (LLaVA, what transformers' LlavaForConditionalGeneration computes).
-      name="two_tower", dtype="float32", remat="", scan=True, embed_dim=128, vision_layer=-1,
-      prefix_attention="bidirectional",
+      # dtype: the compute dtype (norms, softmax and losses stay float32); param_dtype: the parameters' storage
+      # dtype ("bfloat16": bf16 end to end; Adam's first moment then follows config.optimizer.mu_dtype).
+      # attention: "explicit" einsums, "dot_product" jax.nn.dot_product_attention (cuDNN flash attention on a GPU
+      # with bf16 compute, else its XLA path), "auto" dot_product on a GPU or TPU, explicit on CPU (faster there).
+      # Attention maps (mutable "intermediates") and one-token decoding always take the explicit einsums.
+      name="two_tower", dtype="float32", param_dtype="float32", attention="auto", remat="", scan=True,
+      embed_dim=128, vision_layer=-1, prefix_attention="bidirectional",
       logit_scale_init=2.6592600, logit_bias_init=0.0,  # ln(1/0.07): CLIP's initial temperature
       num_classes=10))  # vit_classifier only
   # activation: one of layers.ACTIVATIONS (CLIP: quick_gelu, SigLIP: gelu); pre_norm: CLIP's LayerNorm before the
@@ -104,8 +109,9 @@ def base_config() -> ml_collections.ConfigDict:
   # the number of devices for per-device memory that does not grow with the device count.
   c.loss = ml_collections.ConfigDict(dict(contrastive="softmax", contrastive_weight=1.0, caption_weight=0.0,
                                           sigmoid_chunks=0, sigmoid_positives="each", label_smoothing=0.0))
+  # mu_dtype: the dtype of Adam's first moment ("" = the parameters' dtype, e.g. "bfloat16" to halve it).
   c.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=2e-3, warmup_steps=100, weight_decay=0.05, b1=0.9, b2=0.98, grad_clip_norm=1.0))
+      learning_rate=2e-3, warmup_steps=100, weight_decay=0.05, b1=0.9, b2=0.98, grad_clip_norm=1.0, mu_dtype=""))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sharding = ml_collections.ConfigDict(dict(logical_axis_rules=list(DEFAULT_RULES)))
   # Evaluators, big_vision style: NAME -> dict(type=..., split=..., every=..., prefix=...) (vlm_jax.evaluate

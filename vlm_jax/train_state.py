@@ -12,6 +12,8 @@ import optax
 from flax.training import train_state
 
 from vlm_jax import sharding
+from vlm_jax.errors import UserError
+from vlm_jax.models import towers
 
 
 class TrainState(train_state.TrainState):
@@ -30,8 +32,31 @@ def frozen_mask(params, patterns) -> object:
       lambda path, _: any(c.fullmatch(param_path(path)) for c in compiled), params)
 
 
+def cast_floating(tree, dtype):
+  """`tree` with every floating-point leaf in `dtype` (integer leaves kept; boxes with their axis names kept)."""
+  return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
+def init_params(model, rng, batch: dict, param_dtype=jnp.float32):
+  """The model's params (boxed with their logical axes), drawn by the initialisers in float32 and stored in
+  `param_dtype` (config.model.param_dtype): one place decides every parameter's dtype, whichever layer made it."""
+  return cast_floating(model.init(rng, batch)["params"], param_dtype)
+
+
+def mu_dtype_of(optimizer_config):
+  """The dtype of Adam's first moment, config.optimizer.mu_dtype; None ("", or absent in configs written before
+  it) keeps the parameters' dtype."""
+  name = optimizer_config.get("mu_dtype", "")
+  if not name:
+    return None
+  if name not in towers.DTYPES:
+    raise UserError(f"config.optimizer.mu_dtype={name!r} is not one of {sorted(towers.DTYPES)} or ''")
+  return towers.DTYPES[name]
+
+
 def make_optimizer(config) -> optax.GradientTransformation:
-  """AdamW with linear warmup then cosine decay to 0 over total_steps; decay only on matrices.
+  """AdamW with linear warmup then cosine decay to 0 over total_steps; decay only on matrices. The first
+  moment in config.optimizer.mu_dtype, the second in the parameters' dtype (optax's adamw).
 
   Parameters matching config.freeze get `set_to_zero`, which keeps no state: no Adam moments for them.
   """
@@ -42,17 +67,19 @@ def make_optimizer(config) -> optax.GradientTransformation:
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
   adamw = optax.chain(
       optax.clip_by_global_norm(o.grad_clip_norm),
-      optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask))
+      optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask,
+                  mu_dtype=mu_dtype_of(o)))
   if not config.freeze:
     return adamw
   labels = lambda params: jax.tree.map(lambda f: "frozen" if f else "trained", frozen_mask(params, config.freeze))
   return optax.multi_transform({"trained": adamw, "frozen": optax.set_to_zero()}, labels)
 
 
-def create_train_state(model, tx, batch: dict, rng, mesh, rules):
-  """Initialises the state already sharded: jit of init with out_shardings from its abstract shape."""
+def create_train_state(model, tx, batch: dict, rng, mesh, rules, param_dtype=jnp.float32):
+  """Initialises the state already sharded: jit of init with out_shardings from its abstract shape; the params
+  in `param_dtype` (init_params)."""
   def init(rng):
-    params = model.init(rng, batch)["params"]
+    params = init_params(model, rng, batch, param_dtype)
     # The step as a strongly typed int32, as a checkpoint restores it: a weakly typed 0 (flax's default) makes
     # the train step of a fresh run another program than a resumed run's, so a resume missed the compile cache.
     return TrainState.create(apply_fn=model.apply, params=params, tx=tx).replace(step=jnp.zeros((), jnp.int32))

@@ -11,7 +11,7 @@ it is (README, "Adding a model"):
   GENERATES      whether it writes text (decoding.make_generate continues a prompt for it)
   HF_EXPORT      what `python -m vlm_jax.export` writes it as: "llava" (LlavaForConditionalGeneration), "clip"
                  (CLIPModel) or None (refused)
-  build(model_config, *, vocab_size, max_len, eos_id, pad_id, dtype, remat, scan) -> the flax module
+  build(model_config, *, vocab_size, max_len, eos_id, pad_id, dtype, remat, scan, attention) -> the flax module
   forward_flops(config, vocab_size, batch_size) -> {component: forward FLOPs of one example}
   predict_fns(model) -> {name: fn(params, ...)} of PREDICT_FNS: what evaluators and predict call
 """
@@ -54,7 +54,7 @@ def build_model(config, *, vocab_size: int, max_len: int, eos_id: int, pad_id: i
   """config: the `model` section of a run config -> the composed flax module it names."""
   return get(config.name).build(config, vocab_size=vocab_size, max_len=max_len, eos_id=eos_id, pad_id=pad_id,
                                 dtype=towers.dtype_of(config), remat=towers.remat_of(config),
-                                scan=bool(config.get("scan", True)))
+                                scan=bool(config.get("scan", True)), attention=towers.attention_of(config))
 
 
 def sample_batch(features, batch_size: int, image_size: int, max_len: int) -> dict:

@@ -35,11 +35,13 @@ class CausalLM(nn.Module):
     return self.decoder.decode_step(cache, token, position)
 
 
-def build(config, *, vocab_size: int, max_len: int, eos_id: int, pad_id: int, dtype, remat: str, scan: bool = True) -> CausalLM:
+def build(config, *, vocab_size: int, max_len: int, eos_id: int, pad_id: int, dtype, remat: str,
+          scan: bool = True, attention: str = "auto") -> CausalLM:
   """config: the run config's `model` section (only its `text` tower)."""
   del eos_id
   return CausalLM(decoder=towers.build_text(config.text, vocab_size, max_len, dtype, remat, scan, compute_logits=True,
-                                            tied_embedding=config.text.tied_embedding, pad_id=pad_id))
+                                            tied_embedding=config.text.tied_embedding, pad_id=pad_id,
+                                            attention=attention))
 
 
 def forward_flops(config, vocab_size: int, batch_size: int) -> dict:

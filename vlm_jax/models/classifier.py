@@ -36,11 +36,12 @@ class ViTClassifier(nn.Module):
     return {"class_logits": layers.at_least_float32(head(pooled))}, {"image": intermediates}
 
 
-def build(config, *, vocab_size: int, max_len: int, eos_id: int, pad_id: int, dtype, remat: str, scan: bool = True) -> ViTClassifier:
+def build(config, *, vocab_size: int, max_len: int, eos_id: int, pad_id: int, dtype, remat: str,
+          scan: bool = True, attention: str = "auto") -> ViTClassifier:
   """config: the run config's `model` section (its `vision` tower and `num_classes`)."""
   del vocab_size, max_len, eos_id, pad_id  # no text
-  return ViTClassifier(vision=towers.build_vit(config.vision, dtype, remat, scan), num_classes=config.num_classes,
-                       dtype=dtype)
+  return ViTClassifier(vision=towers.build_vit(config.vision, dtype, remat, scan, attention),
+                       num_classes=config.num_classes, dtype=dtype)
 
 
 def forward_flops(config, vocab_size: int, batch_size: int) -> dict:

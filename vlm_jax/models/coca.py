@@ -35,22 +35,23 @@ class MultimodalDecoder(nn.Module):
   mlp: str = "gelu"
   norm_eps: float = 1e-6
   scan: bool = True
+  attention: str = "auto"  # one of layers.ATTENTION
 
   def setup(self):
     self.transformer = layers.Stack(self.depth, self.num_heads, self.mlp_dim, cross_attention_every=1,
                                     mlp=self.mlp, norm_eps=self.norm_eps, scan=self.scan, remat=self.remat,
-                                    dtype=self.dtype)
+                                    dtype=self.dtype, attention=self.attention)
     self.final_norm = layers.layer_norm("final_norm", self.dtype, self.norm_eps)
     self.logits = layers.dense(self.vocab_size, ("embed", "vocab"), self.dtype, "logits")
 
   def __call__(self, x, image_tokens):
-    x, intermediates, _ = self.transformer(x, mask=layers.causal_mask(x.shape[1]), context=image_tokens)
+    x, intermediates, _ = self.transformer(x, mask=layers.CAUSAL, context=image_tokens)
     return self.logits(self.final_norm(x)), intermediates
 
   def prefill(self, x, image_tokens):
     """Text states float[B, L, D] -> (logits float[B, L, V], cache {"layers": Stack cache}); the image
     tokens' keys/values are projected here, once."""
-    x, _, cache = self.transformer(x, mask=layers.causal_mask(x.shape[1]), context=image_tokens, cache={})
+    x, _, cache = self.transformer(x, mask=layers.CAUSAL, context=image_tokens, cache={})
     return self.logits(self.final_norm(x)), {"layers": cache}
 
   def decode_step(self, cache, x, position):
@@ -122,14 +123,15 @@ class CoCa(nn.Module):
     return logits, {"unimodal": unimodal, "multimodal": multimodal}
 
 
-def build(config, *, vocab_size: int, max_len: int, eos_id: int, pad_id: int, dtype, remat: str, scan: bool = True) -> CoCa:
+def build(config, *, vocab_size: int, max_len: int, eos_id: int, pad_id: int, dtype, remat: str,
+          scan: bool = True, attention: str = "auto") -> CoCa:
   """config: the run config's `model` section; the multimodal half has the text tower's heads and MLP."""
   del eos_id  # the contrastive text embedding is the appended CLS, not the state at EOS
-  return CoCa(vision=towers.build_vit(config.vision, dtype, remat, scan),
+  return CoCa(vision=towers.build_vit(config.vision, dtype, remat, scan, attention),
               unimodal=towers.build_text(config.text, vocab_size, max_len, dtype, remat, scan, append_cls=True,
-                                         pad_id=pad_id),
+                                         pad_id=pad_id, attention=attention),
               multimodal=MultimodalDecoder(vocab_size, config.multimodal.depth, config.text.num_heads,
-                                           config.text.mlp_dim, remat, dtype, scan=scan),
+                                           config.text.mlp_dim, remat, dtype, scan=scan, attention=attention),
               embed_dim=config.embed_dim, scale_init=config.logit_scale_init,
               bias_init=config.logit_bias_init, dtype=dtype)
 

@@ -13,6 +13,7 @@ out over a device mesh is decided by the rules table in the config, never here. 
 
 from typing import Any, Callable
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -82,7 +83,14 @@ def prefix_lm_mask(prefix_len: jnp.ndarray, length: int) -> jnp.ndarray:
   return (causal | in_prefix)[:, None]
 
 
-# ---------------------------------------------------------------------------------------------------------
+@flax.struct.dataclass
+class Causal:
+  """The causal mask of a self-attention whose keys are its own T queries, left for the attention to make:
+  causal_mask(T) on the explicit path, `is_causal=True` on the dot_product path (where cuDNN flash attention
+  skips the masked half instead of reading a mask). A pytree without leaves: static through scan and remat."""
+
+
+CAUSAL = Causal()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -191,6 +199,53 @@ def _write(cache: jnp.ndarray, new: jnp.ndarray, index: jnp.ndarray) -> jnp.ndar
   return jax.vmap(lambda c, n, i: jax.lax.dynamic_update_slice(c, n, (0, i, 0)))(cache, new, index)
 
 
+# How attention weights are computed (config.model.attention): "explicit" the einsums of Attention, "dot_product"
+# jax.nn.dot_product_attention (cuDNN flash attention on a GPU where it fits, else its XLA path), "auto" dot_product
+# on a GPU or TPU and explicit on CPU, where dot_product's XLA path measured no faster on the bench configs' train
+# step (the same einsums, vmapped over the query groups) and the explicit path is what CPU runs were tuned on.
+ATTENTION = ("auto", "explicit", "dot_product")
+
+
+def attention_path(kind: str) -> str:
+  """"explicit" or "dot_product": what attention `kind` (one of ATTENTION) runs on the default backend."""
+  if kind not in ATTENTION:
+    raise ValueError(f"unknown attention {kind!r}; expected one of {ATTENTION}")
+  if kind == "auto":
+    return "explicit" if jax.default_backend() == "cpu" else "dot_product"
+  return kind
+
+
+def _fits_cudnn(query, mask) -> bool:
+  """Whether cuDNN flash attention takes query float[B, T, N, hd] with `mask` (jax 0.10.2 raises, rather than
+  falls back, on what it refuses): a GPU, bf16 or fp16, hd a multiple of 8 and <= 128 (what every GPU generation
+  takes; Hopper also takes 256), and no mask array.
+
+  Masks (openxla/xla#11444): cuDNN's mask input multiplied the logits instead of setting them to -inf, so XLA
+  dropped it; a mask now reaches cuDNN only as an additive bias (jax makes a bool mask -2**41 where False), and
+  that bias must have the full [T, S] (a [B, 1, 1, S] padding mask is refused, jax#28974), is read by every
+  head, and gets a gradient computed (dbias, refused for batch > 1 by later jax, jax#30593). So a mask array
+  (padding, prefix-LM, cross-attention padding) takes the XLA implementation, the causal mask goes to cuDNN
+  as `is_causal` (its own mask type, which skips the upper triangle), and no mask (the ViT) needs nothing.
+  """
+  _, _, _, head_dim = query.shape
+  return (jax.default_backend() == "gpu" and query.dtype in (jnp.bfloat16, jnp.float16) and mask is None
+          and head_dim % 8 == 0 and head_dim <= 128)
+
+
+def _dot_product_attention(query, key, value, mask):
+  """jax.nn.dot_product_attention of query float[B, T, N, hd] (the 1/sqrt(hd) already in it) over key, value
+  float[B, S, K, hd] (K = N: multi-head; K < N: query head n reads key/value head n // (N / K), as Attention),
+  mask None, CAUSAL or bool[B|1, 1, T, S] -> float[B, T, N, hd].
+
+  A fully masked row (cross-attention to a context that is all padding) gets uniform weights over its keys on
+  both paths: the explicit one sets every logit to finfo.min, jax's XLA one to -0.7 * finfo.max."""
+  is_causal = isinstance(mask, Causal)
+  mask = None if is_causal else mask
+  implementation = "cudnn" if _fits_cudnn(query, mask) else "xla"
+  return jax.nn.dot_product_attention(query, key, value, mask=mask, scale=1.0, is_causal=is_causal,
+                                      implementation=implementation)
+
+
 class Attention(nn.Module):
   """Dot-product attention: self-attention, or with `cross` cross-attention to `context`.
 
@@ -198,6 +253,11 @@ class Attention(nn.Module):
   h // (num_heads / num_kv_heads), HF's `repeat_kv` grouping); rotary positions on queries and keys when
   `rope_theta` > 0 (self-attention only). The attention weights float[B, heads, Tq, Tk] are sown as
   intermediates ("attention_weights") so attention maps can be read with `mutable=["intermediates"]`.
+
+  `attention` (one of ATTENTION) picks how the weights are computed; the explicit einsums run whatever it says
+  where the weights are asked for (the "intermediates" collection mutable) and in one-step decoding against a
+  cache (there jax.nn.dot_product_attention wants the keys [B, S, kv_heads, hd]: a transpose of the whole cache
+  at every token, what the heads-first cache layout avoids).
 
   The key/value cache is an argument and a result, so prefill and one-step decoding run this same module:
     cache=None   training: nothing kept, returns (y, None).
@@ -215,11 +275,12 @@ class Attention(nn.Module):
   use_bias: bool = True
   cross: bool = False
   dtype: Dtype = jnp.float32
+  attention: str = "auto"  # one of ATTENTION
 
   @nn.compact
   def __call__(self, x, *, context=None, mask=None, positions=None, cache=None, cache_index=None):
-    """x float[B, T, D]; context float[B, N, Dc]; mask bool[B|1, 1, T, S]; positions int[B|1, T].
-    Returns (float[B, T, D], the new cache or None)."""
+    """x float[B, T, D]; context float[B, N, Dc]; mask bool[B|1, 1, T, S], or CAUSAL (self-attention over this
+    call's own keys only); positions int[B|1, T]. Returns (float[B, T, D], the new cache or None)."""
     self_attention = not self.cross
     if self.cross and context is None and not cache:
       raise ValueError("cross-attention needs `context` (or, when decoding, the cache made from it)")
@@ -274,10 +335,15 @@ class Attention(nn.Module):
     else:
       q = project(x, query)
     heads_first = cache is not None
+    # The keys are this call's own (training, prefill), not read from or written into a cache.
+    fresh = not cache
+    if isinstance(mask, Causal) and not (fresh and self_attention):
+      raise ValueError("CAUSAL masks a self-attention over its own keys; with a cache pass the mask array")
     if self_attention or context is not None:
       if not self_attention:
         kv = project(context, *key_value())
         k, v = kv[..., 0, :], kv[..., 1, :]
+      sequence_major = k, v  # float[B, S, kv_heads, hd], what jax.nn.dot_product_attention reads
       if heads_first:  # [B, S, kv_heads, hd] -> the cache layout; in decoding only the new tokens move
         k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
         if self_attention and cache:
@@ -287,6 +353,12 @@ class Attention(nn.Module):
     new_cache = {"key": k, "value": v} if heads_first else None
 
     b, t = x.shape[0], x.shape[1]
+    if (fresh and attention_path(self.attention) == "dot_product"
+        and not self.is_mutable_collection("intermediates")):
+      out = _dot_product_attention(q.reshape(b, t, self.num_heads, head_dim), *sequence_major, mask)
+      return self._output(out, width), new_cache
+    if isinstance(mask, Causal):
+      mask = causal_mask(t)
     one_step = heads_first and t == 1  # decoding one token against the cache
     key_spec = "bksh" if heads_first else "bskh"
     if one_step:
@@ -307,15 +379,20 @@ class Attention(nn.Module):
       out = jnp.sum(weights[:, :, :, 0, :, None] * v[:, :, None], axis=3).reshape(b, t, self.num_heads, head_dim)
     else:
       out = jnp.einsum(f"bkgts,{key_spec}->btkgh", weights, v).reshape(b, t, self.num_heads, head_dim)
+    return self._output(out, width), new_cache
+
+  def _output(self, out, width: int):
+    """The output projection: float[B, T, heads, head_dim] -> float[B, T, width]."""
+    b, t, heads, head_dim = out.shape
     out_kernel = self.param("out_kernel",
                             partitioned(nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2),
-                                        ("heads", "kv", "embed")), (self.num_heads, head_dim, width))
+                                        ("heads", "kv", "embed")), (heads, head_dim, width))
     # One contraction over heads * head_dim, flattened here: given the two axes, XLA:CPU flattened them in
     # the other order and transposed the kernel and the activations at every call.
-    y = jnp.einsum("btf,fe->bte", out.reshape(b, t, -1), out_kernel.astype(dtype).reshape(-1, width))
+    y = jnp.einsum("btf,fe->bte", out.reshape(b, t, -1), out_kernel.astype(self.dtype).reshape(-1, width))
     if self.use_bias:
-      y = y + self.param("out_bias", partitioned(nn.initializers.zeros, ("embed",)), (width,)).astype(dtype)
-    return y, new_cache
+      y = y + self.param("out_bias", partitioned(nn.initializers.zeros, ("embed",)), (width,)).astype(self.dtype)
+    return y
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -354,12 +431,14 @@ class Block(nn.Module):
   attention_bias: bool = True
   mlp_bias: bool = True
   dtype: Dtype = jnp.float32
+  attention: str = "auto"  # one of ATTENTION
 
   @nn.compact
   def __call__(self, x, mask=None, context=None, context_mask=None, positions=None, cache=None, cache_index=None):
     normed = lambda name: norm(self.norm, name, self.dtype, self.norm_eps)
     attention = lambda name, cross, rope: Attention(
-        self.num_heads, self.num_kv_heads, self.head_dim, rope, self.attention_bias, cross, self.dtype, name=name)
+        self.num_heads, self.num_kv_heads, self.head_dim, rope, self.attention_bias, cross, self.dtype,
+        self.attention, name=name)
     decoding = cache is not None
     h, self_cache = attention("self_attention", False, self.rope_theta)(
         normed("norm_self_attention")(x), mask=mask, positions=positions,
@@ -470,12 +549,13 @@ class Stack(nn.Module):
   scan: bool = True
   remat: str = ""  # "": keep activations; "full": recompute each block; "dots": keep only matmul outputs
   dtype: Dtype = jnp.float32
+  attention: str = "auto"  # one of ATTENTION
 
   def block_fields(self) -> dict:
     return dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, cross_attention_gate=self.cross_attention_gate,
                 num_kv_heads=self.num_kv_heads, head_dim=self.head_dim, norm=self.norm, mlp=self.mlp,
                 norm_eps=self.norm_eps, rope_theta=self.rope_theta, attention_bias=self.attention_bias,
-                mlp_bias=self.mlp_bias, dtype=self.dtype)
+                mlp_bias=self.mlp_bias, dtype=self.dtype, attention=self.attention)
 
   def is_cross(self, i: int) -> bool:
     every = self.cross_attention_every

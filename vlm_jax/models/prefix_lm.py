@@ -82,15 +82,16 @@ def prefix_attention(config) -> str:
   return kind
 
 
-def build(config, *, vocab_size: int, max_len: int, eos_id: int, pad_id: int, dtype, remat: str, scan: bool = True) -> PrefixLM:
+def build(config, *, vocab_size: int, max_len: int, eos_id: int, pad_id: int, dtype, remat: str,
+          scan: bool = True, attention: str = "auto") -> PrefixLM:
   """config: the run config's `model` section; the projector maps the ViT's width to the decoder's."""
   del eos_id  # generation stops at EOS; the model itself never looks for it
-  return PrefixLM(vision=towers.build_vit(config.vision, dtype, remat, scan),
+  return PrefixLM(vision=towers.build_vit(config.vision, dtype, remat, scan, attention),
                   projector=projector.Projector(config.text.width, config.projector.type,
                                                 config.projector.hidden_dim, dtype),
                   decoder=towers.build_text(config.text, vocab_size, max_len, dtype, remat, scan, compute_logits=True,
                                             tied_embedding=config.text.tied_embedding, pad_id=pad_id,
-                                            causal_prefix=prefix_attention(config) == "causal"),
+                                            causal_prefix=prefix_attention(config) == "causal", attention=attention),
                   vision_layer=config.vision_layer, dtype=dtype)
 
 

@@ -72,6 +72,7 @@ class TextTransformer(nn.Module):
   scan: bool = True
   remat: str = ""
   dtype: layers.Dtype = jnp.float32
+  attention: str = "auto"  # one of layers.ATTENTION
 
   def setup(self):
     if self.posemb not in POSEMB_TYPES:
@@ -91,7 +92,7 @@ class TextTransformer(nn.Module):
         cross_attention_gate=self.cross_attention_gate, num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
         norm=self.norm, mlp=self.mlp, norm_eps=self.norm_eps,
         rope_theta=self.rope_theta if self.posemb == "rope" else 0.0, attention_bias=self.attention_bias,
-        mlp_bias=self.mlp_bias, scan=self.scan, remat=self.remat, dtype=self.dtype)
+        mlp_bias=self.mlp_bias, scan=self.scan, remat=self.remat, dtype=self.dtype, attention=self.attention)
     self.final_norm = layers.norm(self.norm, "final_norm", self.dtype, self.norm_eps)
     if self.compute_logits and not self.tied_embedding:
       self.logits_dense = layers.dense(self.vocab_size, ("embed", "vocab"), self.dtype, "logits", self.logits_bias)
@@ -119,7 +120,7 @@ class TextTransformer(nn.Module):
       p = prefix.shape[1]
       x = jnp.concatenate([prefix.astype(self.dtype), x], axis=1)
       text_prefix = jnp.zeros((b,), jnp.int32) if prefix_len is None else prefix_len
-      mask = layers.causal_mask(p + t) if self.causal_prefix else layers.prefix_lm_mask(p + text_prefix, p + t)
+      mask = layers.CAUSAL if self.causal_prefix else layers.prefix_lm_mask(p + text_prefix, p + t)
     elif self.append_cls:
       p = 0
       x = jnp.concatenate([x, jnp.tile(self.cls.astype(self.dtype)[None, None], (b, 1, 1))], axis=1)
@@ -130,7 +131,7 @@ class TextTransformer(nn.Module):
       mask = jnp.where(is_cls_row, not_pad[:, None, None, :], causal)
     else:
       p = 0
-      mask = layers.causal_mask(t) if self.causal else None
+      mask = layers.CAUSAL if self.causal else None
 
     x, blocks, _ = self.transformer(x, mask=mask, context=image_tokens)
     out.update(blocks)
@@ -177,7 +178,7 @@ class TextTransformer(nn.Module):
       mask = layers.prefix_lm_mask(prefix_end, offset + length)
     else:
       prefix_end = jnp.zeros((b,), jnp.int32)
-      mask = layers.causal_mask(length)
+      mask = layers.CAUSAL
     x, _, stack_cache = self.transformer(x, mask=mask, context=image_tokens,
                                          positions=jnp.arange(offset + length)[None], cache={})
     x = self.final_norm(x[:, offset:])

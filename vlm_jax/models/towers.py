@@ -18,10 +18,26 @@ REMAT = ("", "full", "dots")
 
 
 def dtype_of(model_config: ml_collections.ConfigDict):
-  """The compute dtype config.model.dtype names (parameters stay float32)."""
+  """The compute dtype config.model.dtype names (the parameters' own dtype is param_dtype_of's)."""
   if model_config.dtype not in DTYPES:
     raise UserError(f"config.model.dtype={model_config.dtype!r} is not one of {sorted(DTYPES)}")
   return DTYPES[model_config.dtype]
+
+
+def param_dtype_of(model_config: ml_collections.ConfigDict):
+  """The storage dtype of the parameters, config.model.param_dtype (absent in configs written before it: float32)."""
+  name = model_config.get("param_dtype", "float32")
+  if name not in DTYPES:
+    raise UserError(f"config.model.param_dtype={name!r} is not one of {sorted(DTYPES)}")
+  return DTYPES[name]
+
+
+def attention_of(model_config: ml_collections.ConfigDict) -> str:
+  """config.model.attention (absent in configs written before it: "auto")."""
+  kind = model_config.get("attention", "auto")
+  if kind not in layers.ATTENTION:
+    raise UserError(f"config.model.attention={kind!r} is not one of {layers.ATTENTION}")
+  return kind
 
 
 def remat_of(model_config: ml_collections.ConfigDict) -> str:
@@ -41,10 +57,12 @@ def vit_fields(vision: ml_collections.ConfigDict) -> dict:
   return fields
 
 
-def build_vit(vision: ml_collections.ConfigDict, dtype, remat: str = "", scan: bool = True) -> ViT:
+def build_vit(vision: ml_collections.ConfigDict, dtype, remat: str = "", scan: bool = True,
+              attention: str = "auto") -> ViT:
   return ViT(patch_size=vision.patch_size, width=vision.width, depth=vision.depth,
              num_heads=vision.num_heads, mlp_dim=vision.mlp_dim, posemb=vision.posemb,
-             cls_token=vision.cls_token, pool=vision.pool, scan=scan, remat=remat, dtype=dtype, **vit_fields(vision))
+             cls_token=vision.cls_token, pool=vision.pool, scan=scan, remat=remat, dtype=dtype, attention=attention,
+             **vit_fields(vision))
 
 
 def text_fields(text: ml_collections.ConfigDict) -> dict:

@@ -29,7 +29,8 @@ def l2_normalize(x, eps=1e-6):
 
 
 class ContrastiveHead(nn.Module):
-  """The learned temperature (log scale) and, for SigLIP, bias of the contrastive logits."""
+  """The learned temperature (log scale) and, for SigLIP, bias of the contrastive logits, returned in float32
+  whatever the parameters' dtype (the loss is float32)."""
   scale_init: float = float(np.log(1 / 0.07))
   bias_init: float = 0.0
 
@@ -37,7 +38,7 @@ class ContrastiveHead(nn.Module):
   def __call__(self):
     scale = self.param("logit_scale", layers.partitioned(nn.initializers.constant(self.scale_init), ()), ())
     bias = self.param("logit_bias", layers.partitioned(nn.initializers.constant(self.bias_init), ()), ())
-    return scale, bias
+    return layers.at_least_float32(scale), layers.at_least_float32(bias)
 
 
 def encode_texts(model, batch):
@@ -87,11 +88,12 @@ class TwoTower(nn.Module):
     return outputs, {"image": image_intermediates, "text": text_intermediates}
 
 
-def build(config, *, vocab_size: int, max_len: int, eos_id: int, pad_id: int, dtype, remat: str, scan: bool = True) -> TwoTower:
+def build(config, *, vocab_size: int, max_len: int, eos_id: int, pad_id: int, dtype, remat: str,
+          scan: bool = True, attention: str = "auto") -> TwoTower:
   """config: the run config's `model` section."""
-  return TwoTower(vision=towers.build_vit(config.vision, dtype, remat, scan),
+  return TwoTower(vision=towers.build_vit(config.vision, dtype, remat, scan, attention),
                   text=towers.build_text(config.text, vocab_size, max_len, dtype, remat, scan, pool_eos_id=eos_id,
-                                         pad_id=pad_id),
+                                         pad_id=pad_id, attention=attention),
                   embed_dim=config.embed_dim, scale_init=config.logit_scale_init,
                   bias_init=config.logit_bias_init, dtype=dtype)
 

@@ -56,6 +56,7 @@ class MAPHead(nn.Module):
   dtype: layers.Dtype = jnp.float32
   activation: str = "gelu"
   layer_norm_eps: float = 1e-6
+  attention: str = "auto"  # one of layers.ATTENTION
 
   @nn.compact
   def __call__(self, x):
@@ -63,7 +64,8 @@ class MAPHead(nn.Module):
     probe = self.param("probe", layers.partitioned(nn.initializers.xavier_uniform(), (None, None, "embed")),
                        (1, 1, d))
     probe = jnp.tile(probe.astype(self.dtype), (b, 1, 1))
-    x, _ = layers.Attention(self.num_heads, cross=True, dtype=self.dtype, name="attention")(probe, context=x)
+    x, _ = layers.Attention(self.num_heads, cross=True, dtype=self.dtype, attention=self.attention,
+                            name="attention")(probe, context=x)
     y = layers.layer_norm("norm", self.dtype, self.layer_norm_eps)(x)
     x = x + layers.MlpBlock(self.mlp_dim, self.activation, dtype=self.dtype, name="mlp")(y)
     return x[:, 0]
@@ -96,6 +98,7 @@ class ViT(nn.Module):
   scan: bool = True
   remat: str = ""
   dtype: layers.Dtype = jnp.float32
+  attention: str = "auto"  # one of layers.ATTENTION
 
   @nn.compact
   def __call__(self, images):
@@ -139,7 +142,7 @@ class ViT(nn.Module):
     out["embedded"] = x  # what the blocks read (HF's hidden_states[0])
     x, blocks, _ = layers.Stack(
         self.depth, self.num_heads, self.mlp_dim, mlp=self.activation, norm_eps=self.layer_norm_eps,
-        scan=self.scan, remat=self.remat, dtype=self.dtype, name="encoder")(x)
+        scan=self.scan, remat=self.remat, dtype=self.dtype, attention=self.attention, name="encoder")(x)
     out.update(blocks)
     x = layers.layer_norm("encoder_norm", self.dtype, self.layer_norm_eps)(x)
     out["encoded"] = x
@@ -150,7 +153,7 @@ class ViT(nn.Module):
       pooled = jnp.mean(x[:, 1:] if self.cls_token else x, axis=1)
     elif self.pool == "map":
       pooled = MAPHead(self.num_heads, self.mlp_dim, self.dtype, self.activation, self.layer_norm_eps,
-                       name="map_head")(x)
+                       self.attention, name="map_head")(x)
     else:
       pooled = x
     out["pre_logits"] = pooled
