@@ -121,7 +121,8 @@ def run_decode_case(name: str, args) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from vlm_jax import benchmark, compile_log, decoding, flops, models
+  from vlm_jax import benchmark, compile_log, decoding, flops, models, train_state
+  from vlm_jax.models import towers
   from vlm_jax.run_config import base_config
   notes = []
   shape = TINY_LLAMA if args.dry_run else LLAMA
@@ -142,7 +143,8 @@ def run_decode_case(name: str, args) -> dict:
   model_module = models.get(config.model.name)
   model = models.build_model(config.model, vocab_size=shape["vocab"], max_len=prompt + new, eos_id=2, pad_id=0)
   sample = models.sample_batch(model_module.FEATURES, 1, config.data.image_size, prompt + new)
-  params = jax.jit(model.init)(jax.random.key(0), sample)["params"]
+  params = jax.jit(lambda rng: train_state.init_params(model, rng, sample, towers.param_dtype_of(config.model)))(
+      jax.random.key(0))
   decode_params = jax.jit(decoding.prepare_params)(params)
   del params  # the decoder reads its own layout; one copy of the weights on the device
   param_dtypes = sorted({str(x.dtype) for x in jax.tree.leaves(decode_params)})
