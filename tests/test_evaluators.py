@@ -1,9 +1,16 @@
-"""Properties of the zero-shot, caption-metric and POPE evaluators, on cases small enough to check by hand."""
+"""Properties of the zero-shot, caption-metric, POPE and hard-negative (likelihood, blind) evaluators, on cases
+small enough to check by hand."""
 
+import jax
+import ml_collections
 import numpy as np
 import pytest
 
-from vlm_jax.evaluators import caption_metrics, pope, vqa, zero_shot
+from vlm_jax import evaluation, models
+from vlm_jax.data import pipeline
+from vlm_jax.evaluators import blind, caption_metrics, pope, vqa, zero_shot
+from test_registry import IMAGE, tiny_config  # noqa: E402  (tests/ is on sys.path under pytest)
+from tolerances import LOG_LIKELIHOOD_ATOL
 
 
 def _unit(*v):
@@ -110,3 +117,125 @@ def test_vqa_chance_is_the_majority_answer_of_each_question_type():
   assert metrics["vqa_accuracy"] == 0.5
   assert metrics["chance/vqa_accuracy"] == 0.75
   assert metrics["chance/vqa/exists"] == 0.5 and metrics["vqa/exists"] == 0.0
+
+
+# ----------------------------------------------------------------------------- hard negatives: blind baseline
+
+def test_bigram_kneser_ney_probabilities_match_the_hand_computation():
+  """Corpus "a b", "a c", "b c", D = 1/2. Bigram counts: <s> -> a 2, b 1; a -> b 1, c 1; b -> </s> 1, c 1;
+  c -> </s> 2. Continuation counts (distinct predecessors): a 1, b 2, c 2, </s> 2: 7 in all, 4 types.
+  Vocabulary a, b, c, </s>, <unk>: P1(w) = (N(w) - 1/2) / 7 + (1/2 * 4 / 7) / 5 = 9/70 for a, 19/70 for b, c
+  and </s>, 4/70 for an unseen word. P(a | <s>) = 3/2 / 3 + (1/2 * 2 / 3) 9/70 = 19/35, P(b | a) = 1/4 + 1/2 *
+  19/70 = 27/70, P(</s> | b) = 27/70 likewise; an unseen word after c: 1/2 * 1/2 * 4/70 = 1/70."""
+  model = blind.fit(["a b", "a c", "b c"], order=2, discount=0.5)
+  assert model.probability("a", []) == pytest.approx(19 / 35)
+  assert model.probability("b", ["a"]) == pytest.approx(27 / 70)
+  assert model.probability("zebra", ["c"]) == pytest.approx(1 / 70)
+  assert model.log_likelihood(["a", "b"]) == pytest.approx(np.log(19 / 35 * 27 / 70 * 27 / 70))
+
+
+def test_trigram_kneser_ney_probabilities_match_the_hand_computation():
+  """The same corpus, order 3: the middle order counts continuations of the trigrams. "a c": P(a | <s> <s>)
+  = 3/2 / 3 + (1/2 * 2 / 3) P2(a | <s>), P2(a | <s>) = 1/2 / 2 + 1/2 * 9/70 = 11/35 -> 127/210; P(c | <s> a) =
+  1/4 + 1/2 P2(c | a), P2(c | a) = 1/4 + 1/2 * 19/70 = 27/70 -> 31/70; P(</s> | a c) = 1/2 + 1/2 P2(</s> | c),
+  P2(</s> | c) = 3/2 / 2 + 1/4 * 19/70 = 229/280 -> 509/560."""
+  model = blind.fit(["a b", "a c", "b c"], order=3, discount=0.5)
+  assert model.probability("a", []) == pytest.approx(127 / 210)
+  assert model.probability("c", ["a"]) == pytest.approx(31 / 70)
+  assert model.probability(blind.EOS, ["a", "c"]) == pytest.approx(509 / 560)
+  assert model.log_likelihood(blind.words("A c.")) == pytest.approx(np.log(127 / 210 * 31 / 70 * 509 / 560))
+  # Every history's probabilities sum to 1 over the vocabulary (the unknown word included).
+  for history in ([], ["a"], ["a", "b"], ["c", "b"], ["x", "y"]):
+    assert sum(model.probability(w, history) for w in model.vocabulary) == pytest.approx(1.0)
+
+
+def test_blind_accuracy_prefers_the_more_frequent_caption_and_counts_ties_as_half():
+  model = blind.fit(["two shapes"] * 3 + ["one shape"])
+  # P(two) > P(one) > P(three), which training never wrote: right, wrong, right; a tie is a coin flip.
+  assert blind.blind_accuracy(model, ["two shapes", "one shape", "two shapes"],
+                              ["one shape", "two shapes", "three shapes"]) == pytest.approx(2 / 3)
+  assert blind.blind_accuracy(model, ["four shapes"], ["four shapes"]) == 0.5
+
+
+def test_scenes_train_captions_are_every_captions_field_of_the_train_split(data_dir):
+  """Read from the records without their images, they are the decoded examples' captions, in order."""
+  from vlm_jax.data import datasets
+  builder = datasets.get(ml_collections.ConfigDict(dict(name="shapes", data_dir=data_dir, builder_config="tiny")))
+  source = builder.open("train")
+  assert builder.train_captions() == [c for i in range(len(source)) for c in builder.decode(source[i])["captions"]]
+
+
+# ----------------------------------------------------------------------------- hard negatives: likelihood
+
+class WordTokenizer:
+  """Whole words as ids from 3 (pad 0, BOS 1, EOS 2): short sequences, so the sums stay within tolerance."""
+  pad_id, bos_id, eos_id = 0, 1, 2
+
+  def __init__(self, texts):
+    self.ids = {w: i + 3 for i, w in enumerate(sorted({w for t in texts for w in t.split()}))}
+    self.vocab_size = len(self.ids) + 3
+
+  def encode(self, text):
+    return [self.ids[w] for w in text.split()]
+
+
+def reference_log_likelihoods(model, params, images, prompt_ids, captions_ids, max_len):
+  """log p(caption + EOS | image, BOS + prompt) of each (image, caption ids) from the training forward pass
+  (model.apply(batch)) of one example at a time, its log-softmax in float64 and an explicit sum over the
+  caption's positions."""
+  forward = jax.jit(lambda batch: model.apply({"params": params}, batch)[0]["logits"][0])
+  scores = []
+  for image, caption_ids in zip(images, captions_ids):
+    ids = [1] + prompt_ids + caption_ids + [2]
+    text = np.zeros((1, max_len), np.int32)
+    text[0, :len(ids)] = ids
+    logits = np.asarray(forward({"image": image[None], "text": text, "caption": text,
+                                 "prefix_len": np.array([1 + len(prompt_ids)], np.int32)}), np.float64)
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.sum(np.exp(shifted), -1, keepdims=True))
+    scores.append(sum(log_probs[p - 1, ids[p]] for p in range(1 + len(prompt_ids), len(ids))))
+  return np.array(scores)
+
+
+@pytest.mark.parametrize("name,prompt", [("coca", ""), ("prefix_lm", pipeline.DESCRIBE_PROMPT)])
+def test_hardneg_likelihood_is_each_captions_log_likelihood_after_the_caption_prompt(name, prompt, monkeypatch):
+  """The evaluator scores a caption as the model trains to caption (CoCa: after BOS; the prefix-LM: after BOS +
+  "describe the image.", the caption's question in training): its log-likelihoods equal the training forward
+  pass's, and hardneg_likelihood/<type> is the share of probes whose true caption is the more likely one."""
+  probes = {"count": (["one shape", "two shapes", "three shapes"], ["two shapes", "one shape", "four shapes"]),
+            "binding": (["a red circle and a blue square", "", "a blue circle"],
+                        ["a blue circle and a red square", "", "a red circle"]),
+            "left_right": (["", "a red circle left of a blue square", ""],
+                           ["", "a red circle right of a blue square", ""]),
+            "above_below": (["", "", ""], ["", "", ""])}  # no probe of this kind: no key
+  tokenizer = WordTokenizer([prompt] + [t for pair in probes.values() for side in pair for t in side])
+  config = tiny_config(name)
+  config.data.max_text_len = 16
+  config.eval.batch_size = 4  # 6 texts per image: one image per call, 3 calls of one compiled program
+  model = models.build_model(config.model, vocab_size=tokenizer.vocab_size, max_len=16, eos_id=2, pad_id=0)
+  batch = models.sample_batch(models.get(name).FEATURES, 1, IMAGE, 16)
+  params = jax.jit(model.init)(jax.random.key(0), batch)["params"]
+  images = np.random.default_rng(0).normal(size=(3, IMAGE, IMAGE, 3)).astype(np.float32)
+  evaluator = evaluation.Evaluator(model, config, tokenizer)
+  evaluator._splits["test"] = {"image": images, **{f"hardneg_{kind}_{side}": pair[j] for kind, pair in probes.items()
+                                                   for j, side in enumerate(("pos", "neg"))}}
+  training = ["two shapes", "two shapes", "one shape", "three shapes"]
+  monkeypatch.setattr(evaluation.pipeline, "train_captions", lambda data_config: training)
+  metrics = evaluator.hardneg(params, "test", {})
+
+  kinds = [kind for kind in probes if any(probes[kind][0])]
+  texts = [[probes[kind][j][i] for kind in kinds for j in (0, 1)] for i in range(3)]  # what hardneg scores
+  ours = evaluator._caption_log_likelihoods(params, images, texts)
+  reference = reference_log_likelihoods(model, params, np.repeat(images, len(texts[0]), axis=0),
+                                        tokenizer.encode(prompt), [tokenizer.encode(t) for row in texts for t in row],
+                                        16).reshape(ours.shape)
+  np.testing.assert_allclose(ours, reference, atol=LOG_LIKELIHOOD_ATOL)
+  for j, kind in enumerate(kinds):
+    rows = [i for i in range(3) if probes[kind][0][i]]
+    assert metrics[f"hardneg_likelihood/{kind}"] == np.mean(reference[rows, 2 * j] > reference[rows, 2 * j + 1])
+    assert metrics[f"chance/hardneg_likelihood/{kind}"] == 0.5
+    assert (f"hardneg/{kind}" in metrics) == (name == "coca")  # by embeddings too where the model has them
+  assert not [key for key in metrics if "above_below" in key]
+  # The blind scorer of the training captions, where "two" is the most frequent count and "four" never written,
+  # is wrong on one shape vs two and right on two vs one and three vs four.
+  assert metrics["blind/hardneg/count"] == pytest.approx(2 / 3)

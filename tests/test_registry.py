@@ -58,9 +58,12 @@ def test_the_sample_batch_initialises_the_model_and_its_outputs_feed_its_loss_te
             "encode_text": lambda: fns["encode_text"](params, np.ones((config.batch_size, TEXT), np.int32)).shape,
             "logit_scale": lambda: np.shape(fns["logit_scale"](params)),
             "image_tokens": lambda: fns["image_tokens"](params, images).shape[:1],
-            "classify": lambda: fns["classify"](params, images).shape}
+            "classify": lambda: fns["classify"](params, images).shape,
+            "token_log_probs": lambda: fns["token_log_probs"](params, images, np.ones((config.batch_size, 2, TEXT),
+                                                                                     np.int32),
+                                                              np.ones((config.batch_size, 2), np.int32)).shape}
   expected = {"encode_image": (4, 8), "encode_text": (4, 8), "logit_scale": (), "image_tokens": (4,),
-              "classify": (4, config.model.num_classes)}
+              "classify": (4, config.model.num_classes), "token_log_probs": (4, 2, TEXT - 1)}
   for fn_name in fns:
     assert shapes[fn_name]() == expected[fn_name], fn_name
 

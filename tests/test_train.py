@@ -50,13 +50,20 @@ def test_tiny_run_lowers_the_loss_and_writes_eval_json(name, data_dir, tmp_path)
   with open(tmp_path / "eval.json") as f:
     written = json.load(f)
   assert written["step"] == 40
+  probes = ["count", "binding", "left_right", "above_below"]
+  blind = [f"blind/hardneg/{p}" for p in probes]  # every model: the probes' text-only baselines
+  likelihood = [f"hardneg_likelihood/{p}" for p in probes]  # the models that caption: decoder likelihood
   expected = {"shapes_clip": ["img2txt_recall@1", "img2txt_recall@5", "txt2img_recall@1", "txt2img_recall@5",
-                              "hardneg/count", "hardneg/binding", "hardneg/left_right", "hardneg/above_below"],
-              "shapes_coca": ["img2txt_recall@1", "hardneg/count", "caption_exact_match", "caption_token_accuracy"],
-              "shapes_llava": ["vqa_accuracy", "caption_exact_match"]}[name]
+                              "hardneg/count", "hardneg/binding", "hardneg/left_right", "hardneg/above_below"] + blind,
+              "shapes_coca": ["img2txt_recall@1", "hardneg/count", "caption_exact_match", "caption_token_accuracy"]
+              + likelihood + blind,
+              "shapes_llava": ["vqa_accuracy", "caption_exact_match"] + likelihood + blind}[name]
   for key in expected:
     assert key in written and 0.0 <= written[key] <= 1.0, key
   assert ("img2txt_recall@1" in written) == (name != "shapes_llava")  # keys a model cannot produce are absent
+  assert ("hardneg/count" in written) == (name != "shapes_llava")  # no embeddings: likelihood only
+  assert ("hardneg_likelihood/count" in written) == (name != "shapes_clip")
+  assert all(written[f"chance/{key}"] == 0.5 for key in expected if key.startswith("hardneg"))
   assert scores == {k: v for k, v in written.items() if k != "step"}
   assert os.path.isdir(tmp_path / "checkpoints" / "40")
   assert os.path.exists(tmp_path / "tokenizer.model")  # with config.json, all that inference needs

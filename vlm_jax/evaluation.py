@@ -11,6 +11,7 @@ DIR/eval.json; the command line is `python -m vlm_jax.evaluate` (vlm_jax/evaluat
 """
 
 import collections
+import functools
 import json
 import os
 
@@ -22,7 +23,7 @@ from vlm_jax import compile_log, decoding, inference, models
 from vlm_jax import run as run_lib
 from vlm_jax.data import pipeline, tokenizer as tokenizer_lib
 from vlm_jax.errors import UserError
-from vlm_jax.evaluators import (caption_metrics, captioning, hardneg, pope, retrieval, vqa,
+from vlm_jax.evaluators import (blind, caption_metrics, captioning, hardneg, pope, retrieval, vqa,
                                 zero_shot)
 from vlm_jax.evaluators.specs import eval_specs
 
@@ -67,11 +68,15 @@ class Evaluator:
     return [decoding.generated_ids(row, int(s), self.tokenizer.eos_id, self.tokenizer.pad_id)
             for row, s in zip(generated, prompt_lens)]
 
+  def _prefix(self, prompt: str) -> list:
+    """BOS + the prompt's ids (BOS alone for no prompt), as training puts them before the answer."""
+    return list(pipeline.make_vqa_prompt(self.tokenizer, prompt, self.max_len)) if prompt else [self.tokenizer.bos_id]
+
   def _prompts(self, prompts):
     """BOS + prompt ids, left-aligned in a max_len buffer, and each prompt's length."""
     buffers, lengths = [], []
     for prompt in prompts:
-      prefix = pipeline.make_vqa_prompt(self.tokenizer, prompt, self.max_len) if prompt else [self.tokenizer.bos_id]
+      prefix = self._prefix(prompt)
       buffer = np.full((self.max_len,), self.tokenizer.pad_id, np.int32)
       buffer[:len(prefix)] = prefix
       buffers.append(buffer)
@@ -104,20 +109,54 @@ class Evaluator:
     return retrieval.retrieval_metrics(self._image_embedding(params, split),
                                        self._embed_texts(params, data["caption"]), data["caption"])
 
+  def _caption_log_likelihoods(self, params, images, texts) -> np.ndarray:
+    """float[N, K]: log p(texts[i][k] | image i), each text's tokens and EOS after the caption prompt the model
+    is trained to caption with (pipeline.CAPTION_PROMPTS), teacher-forced; one call scores all K texts of a
+    batch of eval.batch_size / K images."""
+    prefix = self._prefix(pipeline.CAPTION_PROMPTS[self.data_task])
+    tokens = np.stack([np.stack([tokenizer_lib.pack_tokens(self.tokenizer, prefix + self.tokenizer.encode(t),
+                                                           self.max_len)[0] for t in row]) for row in texts])
+    prefix_len = np.full(tokens.shape[:2], len(prefix), np.int32)
+    log_probs = _batched(lambda x, t, s: self.predict_fns["token_log_probs"](params, x, t, s),
+                         [images, tokens, prefix_len], max(1, self.config.eval.batch_size // tokens.shape[1]))
+    return hardneg.caption_log_likelihood(log_probs, tokens, prefix_len, self.tokenizer.pad_id)
+
+  @functools.cached_property
+  def blind_scorer(self):
+    """The text-only scorer (blind.fit) of the training split's captions, fitted once; None without captions."""
+    captions = pipeline.train_captions(self.config.data)
+    return blind.fit(captions) if captions else None
+
   def hardneg(self, params, split, spec) -> dict:
+    """hardneg/<type> by embeddings (a model with a text tower), hardneg_likelihood/<type> by the caption
+    decoder's likelihood (a model that captions), blind/hardneg/<type> by text alone (blind.py), the baseline
+    of both; chance/... 0.5."""
     data, metrics = self.load(split), {}
-    image_embedding = self._image_embedding(params, split)
-    for kind in hardneg.HARDNEG_TYPES:
-      if f"hardneg_{kind}_pos" not in data:  # a dataset without hard negatives (the user's own data)
-        continue
+    # Kinds without hard negatives: a dataset without any (the user's own data), or a kind a dataset has no
+    # negatives for (binding in Fashion-MNIST scenes).
+    kinds = [kind for kind in hardneg.HARDNEG_TYPES if any(data.get(f"hardneg_{kind}_pos") or ())]
+    if not kinds:
+      return metrics
+    if "token_log_probs" in self.predict_fns:
+      texts = [[data[f"hardneg_{kind}_{side}"][i] for kind in kinds for side in ("pos", "neg")]
+               for i in range(len(data["image"]))]
+      likelihoods = self._caption_log_likelihoods(params, data["image"], texts)
+    scorer = self.blind_scorer
+    for j, kind in enumerate(kinds):
       positives, negatives = data[f"hardneg_{kind}_pos"], data[f"hardneg_{kind}_neg"]
       rows = [i for i, p in enumerate(positives) if p]
-      if not rows:  # a kind the dataset has no negatives for (binding in Fashion-MNIST scenes)
-        continue
-      metrics[f"hardneg/{kind}"] = hardneg.hardneg_accuracy(
-          image_embedding[rows], self._embed_texts(params, [positives[i] for i in rows]),
-          self._embed_texts(params, [negatives[i] for i in rows]))
-      metrics[f"chance/hardneg/{kind}"] = 0.5
+      if "encode_text" in self.predict_fns:
+        metrics[f"hardneg/{kind}"] = hardneg.hardneg_accuracy(
+            self._image_embedding(params, split)[rows], self._embed_texts(params, [positives[i] for i in rows]),
+            self._embed_texts(params, [negatives[i] for i in rows]))
+        metrics[f"chance/hardneg/{kind}"] = 0.5
+      if "token_log_probs" in self.predict_fns:
+        metrics[f"hardneg_likelihood/{kind}"] = hardneg.likelihood_accuracy(likelihoods[rows, 2 * j],
+                                                                            likelihoods[rows, 2 * j + 1])
+        metrics[f"chance/hardneg_likelihood/{kind}"] = 0.5
+      if scorer is not None:
+        metrics[f"blind/hardneg/{kind}"] = blind.blind_accuracy(scorer, [positives[i] for i in rows],
+                                                                [negatives[i] for i in rows])
     return metrics
 
   def captioning(self, params, split, spec) -> dict:
@@ -224,22 +263,30 @@ def write_eval_json(workdir: str, step: int, metrics: dict) -> str:
   return path
 
 
-def _chance_keys(key: str) -> list:
-  """Where the chance level of `key` may be: "chance/<key>", or after any prefix, "<prefix>/chance/<rest>"."""
+BASELINES = ("chance", "blind")  # what eval.json stores beside a score: chance/<key>, blind/<key> (blind.py)
+
+
+def baseline_keys(key: str, baseline: str = "chance") -> list:
+  """Where the `baseline` level of `key` may be: "<baseline>/<key>", or after any prefix,
+  "<prefix>/<baseline>/<rest>". A probe's blind baseline is one text-only accuracy whichever way the model
+  scores it: blind/hardneg/<type> for hardneg_likelihood/<type> too."""
   parts = key.split("/")
-  return ["/".join(parts[:i] + ["chance"] + parts[i:]) for i in range(len(parts))]
+  if baseline == "blind":
+    parts = ["hardneg" if part == "hardneg_likelihood" else part for part in parts]
+  return ["/".join(parts[:i] + [baseline] + parts[i:]) for i in range(len(parts))]
 
 
-def _is_chance(key: str) -> bool:
-  return "chance" in key.split("/")
+def _is_baseline(key: str) -> bool:
+  return bool(set(BASELINES) & set(key.split("/")))
 
 
 def format_metrics(metrics: dict) -> str:
-  """Readable lines 'name  value  (chance c)', each score with its chance level beside it."""
+  """Readable lines 'name  value  (chance c, blind b)', each score with its baselines beside it."""
   lines = []
-  for key in sorted(k for k in metrics if not _is_chance(k) and k != "step"):
-    chance = next((metrics[k] for k in _chance_keys(key) if k in metrics), None)
-    suffix = f"   (chance {chance:.3f})" if chance is not None else ""
+  for key in sorted(k for k in metrics if not _is_baseline(k) and k != "step"):
+    levels = [(name, next((metrics[k] for k in baseline_keys(key, name) if k in metrics), None)) for name in BASELINES]
+    levels = [f"{name} {value:.3f}" for name, value in levels if value is not None]
+    suffix = f"   ({', '.join(levels)})" if levels else ""
     lines.append(f"  {key:42s} {metrics[key]:.4f}{suffix}")
   return "\n".join(lines)
 

@@ -153,6 +153,13 @@ def next_token_loss(logits, targets, weights):
   return loss, {"caption_loss": loss, "token_accuracy": accuracy}
 
 
+def target_log_probs(logits, targets):
+  """float32[...]: log softmax(logits)[..., target], each target token's log-probability (logits float[..., V],
+  targets int[...]); the negated terms of next_token_loss, for scoring a text by its likelihood."""
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), axis=-1)
+  return jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+
+
 def answer_weights(text: jnp.ndarray, prefix_len: jnp.ndarray, pad_id: int) -> jnp.ndarray:
   """float[B, T-1]: 1 for the targets text[:, 1:] that follow the prompt and are not padding."""
   target_positions = jnp.arange(1, text.shape[1])[None, :]

@@ -67,6 +67,11 @@ class Builder:
   def tokenizer_texts(self) -> list:
     return []
 
+  def train_captions(self) -> list:
+    """Every true caption of every train example: what the blind baselines of the hard-negative probes
+    (evaluators/blind.py) learn text from; [] for a dataset without hard negatives."""
+    return []
+
   def zero_shot(self, split: str):
     """Fashion-MNIST's `split` for zero-shot classification by a model trained on scenes.
 
@@ -117,6 +122,20 @@ class ScenesBuilder(Builder):
 
   def tokenizer_dir(self) -> str:
     return self.tfds.data_dir
+
+  def train_captions(self) -> list:
+    """Every scene's "captions" (the canonical caption, the count caption, the relation captions) of the train
+    split, read from the stored records without decoding their images (1 s for 40k scenes, 10x faster)."""
+    import tensorflow_datasets as tfds  # noqa: PLC0415
+    from tensorflow_datasets.proto import tf_example_pb2  # noqa: PLC0415
+    _open_tfds(self.tfds, "train")  # a missing or unreadable split fails here, with its path
+    source = self.tfds.as_data_source("train", deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    captions = []
+    for start in range(0, len(source), 10_000):
+      for record in source.__getitems__(range(start, min(start + 10_000, len(source)))):
+        feature = tf_example_pb2.Example.FromString(record).features.feature["captions"]
+        captions += [_text(v) for v in feature.bytes_list.value]
+    return captions
 
   def eval_split(self, split: str) -> dict:
     """A whole split decoded: 'image' float32 [N,S,S,3], python lists for the texts."""

@@ -418,6 +418,12 @@ def load_split(data_config, split: str) -> dict:
   return datasets.get(data_config).eval_split(split)
 
 
+def train_captions(data_config) -> list:
+  """Every true caption of the train split (the builder's train_captions): the text the blind baselines of the
+  hard-negative probes are fitted on; [] for a dataset without hard negatives."""
+  return datasets.get(data_config).train_captions()
+
+
 def load_zero_shot(data_config, split: str = "test") -> tuple[np.ndarray, np.ndarray, tuple]:
   """(float32 [N,S,S,3] images, int32 [N] labels, class names) for zero-shot classification: the builder's
   (Fashion-MNIST's test images alone in a scene's cell for the scenes datasets and a config without a name)."""

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from vlm_jax import flops
+from vlm_jax import flops, losses
 from vlm_jax.models import layers, text, towers, two_tower, vit
 from vlm_jax.models.two_tower import ContrastiveHead, l2_normalize
 
@@ -17,7 +17,7 @@ from vlm_jax.models.two_tower import ContrastiveHead, l2_normalize
 FEATURES = ("image", "text", "caption")
 DATA_TASK = "contrastive_caption"
 LOSS_TERMS = ("contrastive", "caption")
-EVAL_TYPES = ("retrieval", "hardneg", "captioning", "zero_shot")
+EVAL_TYPES = ("retrieval", "hardneg", "captioning", "zero_shot")  # hardneg: by embeddings and by likelihood
 DEFAULT_EVALS = ("retrieval", "hardneg", "captioning")  # zero_shot needs a labelled dataset: config.evals
 PREDICT_TASKS = ("caption", "label")
 GENERATES = True
@@ -98,6 +98,16 @@ class CoCa(nn.Module):
     logits, _ = self.multimodal(text_intermediates["hidden"], image_tokens)
     return logits
 
+  def token_log_probs(self, images, tokens, prefix_len):
+    """Teacher-forced log p(tokens[b, k, t + 1] | image b, tokens[b, k, :t + 1]), float32[B, K, T - 1], for K
+    texts int[B, K, T] per image: the image encoded once, each text through both halves as `caption` trains.
+    prefix_len is not read (the text half is causal throughout); the caller drops the prompt's positions."""
+    del prefix_len
+    b, k, t = tokens.shape
+    image_tokens = jnp.repeat(self.image_tokens(images), k, axis=0)
+    flat = tokens.reshape(b * k, t)
+    return losses.target_log_probs(self.caption_logits(image_tokens, flat[:, :-1]), flat[:, 1:]).reshape(b, k, t - 1)
+
   def __call__(self, batch):
     image_embedding, image_intermediates = self.encode_image(batch["image"])
     text_embedding, text_intermediates, negative_embedding = two_tower.encode_texts(self, batch)
@@ -152,4 +162,6 @@ def forward_flops(config, vocab_size: int, batch_size: int) -> dict:
 
 def predict_fns(model: CoCa) -> dict:
   return {**two_tower.embedding_fns(model),
-          "image_tokens": lambda params, images: model.apply({"params": params}, images, method="image_tokens")}
+          "image_tokens": lambda params, images: model.apply({"params": params}, images, method="image_tokens"),
+          "token_log_probs": lambda params, images, tokens, prefix_len: model.apply(
+              {"params": params}, images, tokens, prefix_len, method="token_log_probs")}

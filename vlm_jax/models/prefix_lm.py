@@ -8,7 +8,7 @@ the answer after them ("causal", LLaVA); the loss is on the answer only.
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vlm_jax import flops
+from vlm_jax import flops, losses
 from vlm_jax.errors import UserError
 from vlm_jax.models import layers, projector, text, towers, vit
 
@@ -16,7 +16,7 @@ from vlm_jax.models import layers, projector, text, towers, vit
 FEATURES = ("image", "text", "prefix_len", "answer_mask")  # answer_mask: the positions the loss predicts
 DATA_TASK = "vqa"  # captions are the answers to data.pipeline.DESCRIBE_PROMPT
 LOSS_TERMS = ("answer",)
-EVAL_TYPES = ("captioning", "vqa", "pope")
+EVAL_TYPES = ("captioning", "vqa", "pope", "hardneg")  # hardneg: by the caption's likelihood (no embeddings)
 DEFAULT_EVALS = EVAL_TYPES
 PREDICT_TASKS = ("caption", "answer")
 GENERATES = True
@@ -55,6 +55,16 @@ class PrefixLM(nn.Module):
     """Next-token logits float[B, T, V] for `tokens` after the image prefix."""
     logits, _ = self.decoder(tokens, prefix=image_tokens, prefix_len=prefix_len)
     return logits
+
+  def token_log_probs(self, images, tokens, prefix_len):
+    """Teacher-forced log p(tokens[b, k, t + 1] | image b, tokens[b, k, :t + 1]), float32[B, K, T - 1], for K
+    texts int[B, K, T] per image, each with its prompt length prefix_len int[B, K] (seen with the image, as
+    in training); the image is encoded once."""
+    b, k, t = tokens.shape
+    image_tokens = jnp.repeat(self.image_tokens(images), k, axis=0)
+    flat = tokens.reshape(b * k, t)
+    logits = self.caption_logits(image_tokens, flat[:, :-1], prefix_len.reshape(b * k))
+    return losses.target_log_probs(logits, flat[:, 1:]).reshape(b, k, t - 1)
 
   def __call__(self, batch):
     image_tokens = self.image_tokens(batch["image"])
@@ -112,4 +122,6 @@ def forward_flops(config, vocab_size: int, batch_size: int) -> dict:
 
 
 def predict_fns(model: PrefixLM) -> dict:
-  return {"image_tokens": lambda params, images: model.apply({"params": params}, images, method="image_tokens")}
+  return {"image_tokens": lambda params, images: model.apply({"params": params}, images, method="image_tokens"),
+          "token_log_probs": lambda params, images, tokens, prefix_len: model.apply(
+              {"params": params}, images, tokens, prefix_len, method="token_log_probs")}
