@@ -211,7 +211,7 @@ def test_hardneg_likelihood_is_each_captions_log_likelihood_after_the_caption_pr
   tokenizer = WordTokenizer([prompt] + [t for pair in probes.values() for side in pair for t in side])
   config = tiny_config(name)
   config.data.max_text_len = 16
-  config.eval.batch_size = 4  # 6 texts per image: one image per call, 3 calls of one compiled program
+  config.eval.batch_size = 2  # a pair of texts per image: one image per call, several calls of one program
   model = models.build_model(config.model, vocab_size=tokenizer.vocab_size, max_len=16, eos_id=2, pad_id=0)
   batch = models.sample_batch(models.get(name).FEATURES, 1, IMAGE, 16)
   params = jax.jit(model.init)(jax.random.key(0), batch)["params"]
@@ -223,16 +223,19 @@ def test_hardneg_likelihood_is_each_captions_log_likelihood_after_the_caption_pr
   monkeypatch.setattr(evaluation.pipeline, "train_captions", lambda data_config: training)
   metrics = evaluator.hardneg(params, "test", {})
 
-  kinds = [kind for kind in probes if any(probes[kind][0])]
-  texts = [[probes[kind][j][i] for kind in kinds for j in (0, 1)] for i in range(3)]  # what hardneg scores
-  ours = evaluator._caption_log_likelihoods(params, images, texts)
-  reference = reference_log_likelihoods(model, params, np.repeat(images, len(texts[0]), axis=0),
-                                        tokenizer.encode(prompt), [tokenizer.encode(t) for row in texts for t in row],
-                                        16).reshape(ours.shape)
-  np.testing.assert_allclose(ours, reference, atol=LOG_LIKELIHOOD_ATOL)
-  for j, kind in enumerate(kinds):
-    rows = [i for i in range(3) if probes[kind][0][i]]
-    assert metrics[f"hardneg_likelihood/{kind}"] == np.mean(reference[rows, 2 * j] > reference[rows, 2 * j + 1])
+  image_tokens = evaluator._image_tokens(params, "test")
+  for kind, (positives, negatives) in probes.items():
+    rows = [i for i in range(3) if positives[i]]
+    if not rows:
+      continue
+    # What hardneg scores for this kind: (true, false) caption pairs of the images that have one, cut to 8
+    # tokens for the count captions, the full 16 for the others.
+    ours = evaluator._caption_log_likelihoods(params, image_tokens[rows], [[positives[i], negatives[i]] for i in rows])
+    reference = reference_log_likelihoods(model, params, images[np.repeat(rows, 2)], tokenizer.encode(prompt),
+                                          [tokenizer.encode(t) for i in rows for t in (positives[i], negatives[i])],
+                                          16).reshape(ours.shape)
+    np.testing.assert_allclose(ours, reference, atol=LOG_LIKELIHOOD_ATOL)
+    assert metrics[f"hardneg_likelihood/{kind}"] == np.mean(reference[:, 0] > reference[:, 1])
     assert metrics[f"chance/hardneg_likelihood/{kind}"] == 0.5
     assert (f"hardneg/{kind}" in metrics) == (name == "coca")  # by embeddings too where the model has them
   assert not [key for key in metrics if "above_below" in key]

@@ -59,8 +59,8 @@ def test_the_sample_batch_initialises_the_model_and_its_outputs_feed_its_loss_te
             "logit_scale": lambda: np.shape(fns["logit_scale"](params)),
             "image_tokens": lambda: fns["image_tokens"](params, images).shape[:1],
             "classify": lambda: fns["classify"](params, images).shape,
-            "token_log_probs": lambda: fns["token_log_probs"](params, images, np.ones((config.batch_size, 2, TEXT),
-                                                                                     np.int32),
+            "token_log_probs": lambda: fns["token_log_probs"](params, fns["image_tokens"](params, images),
+                                                              np.ones((config.batch_size, 2, TEXT), np.int32),
                                                               np.ones((config.batch_size, 2), np.int32)).shape}
   expected = {"encode_image": (4, 8), "encode_text": (4, 8), "logit_scale": (), "image_tokens": (4,),
               "classify": (4, config.model.num_classes), "token_log_probs": (4, 2, TEXT - 1)}

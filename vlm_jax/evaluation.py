@@ -109,16 +109,28 @@ class Evaluator:
     return retrieval.retrieval_metrics(self._image_embedding(params, split),
                                        self._embed_texts(params, data["caption"]), data["caption"])
 
-  def _caption_log_likelihoods(self, params, images, texts) -> np.ndarray:
-    """float[N, K]: log p(texts[i][k] | image i), each text's tokens and EOS after the caption prompt the model
-    is trained to caption with (pipeline.CAPTION_PROMPTS), teacher-forced; one call scores all K texts of a
-    batch of eval.batch_size / K images."""
+  def _image_tokens(self, params, split):
+    key = ("image_tokens", split)
+    if key not in self._memo:
+      self._memo[key] = _batched(lambda x: self.predict_fns["image_tokens"](params, x), [self.load(split)["image"]],
+                                 self.config.eval.batch_size)
+    return self._memo[key]
+
+  def _caption_log_likelihoods(self, params, image_tokens, texts) -> np.ndarray:
+    """float[N, K]: log p(texts[i][k] | image i) for image i's tokens image_tokens[i] (predict_fns' image_tokens):
+    each text's tokens and EOS after the caption prompt the model is trained to caption with
+    (pipeline.CAPTION_PROMPTS), teacher-forced, K texts of eval.batch_size / K images in a call."""
     prefix = self._prefix(pipeline.CAPTION_PROMPTS[self.data_task])
     tokens = np.stack([np.stack([tokenizer_lib.pack_tokens(self.tokenizer, prefix + self.tokenizer.encode(t),
                                                            self.max_len)[0] for t in row]) for row in texts])
+    # Cut after the longest text, rounded up to a multiple of 8: the padding after a text changes none of its
+    # logits (the text is causal), a short kind of caption ("two shapes") runs a short forward pass, and kinds
+    # of similar length share one compiled program.
+    longest = int(np.max(np.sum(tokens != self.tokenizer.pad_id, axis=-1)))
+    tokens = tokens[..., :min(self.max_len, -(-longest // 8) * 8)]
     prefix_len = np.full(tokens.shape[:2], len(prefix), np.int32)
     log_probs = _batched(lambda x, t, s: self.predict_fns["token_log_probs"](params, x, t, s),
-                         [images, tokens, prefix_len], max(1, self.config.eval.batch_size // tokens.shape[1]))
+                         [image_tokens, tokens, prefix_len], max(1, self.config.eval.batch_size // tokens.shape[1]))
     return hardneg.caption_log_likelihood(log_probs, tokens, prefix_len, self.tokenizer.pad_id)
 
   @functools.cached_property
@@ -137,12 +149,8 @@ class Evaluator:
     kinds = [kind for kind in hardneg.HARDNEG_TYPES if any(data.get(f"hardneg_{kind}_pos") or ())]
     if not kinds:
       return metrics
-    if "token_log_probs" in self.predict_fns:
-      texts = [[data[f"hardneg_{kind}_{side}"][i] for kind in kinds for side in ("pos", "neg")]
-               for i in range(len(data["image"]))]
-      likelihoods = self._caption_log_likelihoods(params, data["image"], texts)
     scorer = self.blind_scorer
-    for j, kind in enumerate(kinds):
+    for kind in kinds:
       positives, negatives = data[f"hardneg_{kind}_pos"], data[f"hardneg_{kind}_neg"]
       rows = [i for i, p in enumerate(positives) if p]
       if "encode_text" in self.predict_fns:
@@ -151,8 +159,9 @@ class Evaluator:
             self._embed_texts(params, [negatives[i] for i in rows]))
         metrics[f"chance/hardneg/{kind}"] = 0.5
       if "token_log_probs" in self.predict_fns:
-        metrics[f"hardneg_likelihood/{kind}"] = hardneg.likelihood_accuracy(likelihoods[rows, 2 * j],
-                                                                            likelihoods[rows, 2 * j + 1])
+        likelihoods = self._caption_log_likelihoods(params, self._image_tokens(params, split)[rows],
+                                                    [[positives[i], negatives[i]] for i in rows])
+        metrics[f"hardneg_likelihood/{kind}"] = hardneg.likelihood_accuracy(likelihoods[:, 0], likelihoods[:, 1])
         metrics[f"chance/hardneg_likelihood/{kind}"] = 0.5
       if scorer is not None:
         metrics[f"blind/hardneg/{kind}"] = blind.blind_accuracy(scorer, [positives[i] for i in rows],

@@ -34,9 +34,9 @@ INTERFACE = ("FEATURES", "DATA_TASK", "LOSS_TERMS", "EVAL_TYPES", "DEFAULT_EVALS
 # predict_fns' names: "encode_image" (params, float[B, H, W, 3]) -> float32[B, E] and "encode_text"
 # (params, int[B, T]) -> float32[B, E], normalised; "logit_scale" (params) -> the learned log scale;
 # "image_tokens" (params, images) -> float[B, N, D], what the text cross-attends or is prefixed with;
-# "classify" (params, images) -> class logits float32[B, C]; "token_log_probs" (params, images, tokens int[B, K, T],
-# prefix_len int[B, K]) -> float32[B, K, T - 1], the teacher-forced log-probability of each next text token given
-# the image, for a model that writes captions (the hardneg evaluator's likelihood scores).
+# "classify" (params, images) -> class logits float32[B, C]; "token_log_probs" (params, image_tokens, tokens
+# int[B, K, T], prefix_len int[B, K]) -> float32[B, K, T - 1], the teacher-forced log-probability of each next token
+# of K texts given an image's "image_tokens", for a model that captions (the hardneg evaluator's likelihood scores).
 PREDICT_FNS = ("encode_image", "encode_text", "logit_scale", "image_tokens", "classify", "token_log_probs")
 PREDICT_TASKS = ("caption", "answer", "label")
 

@@ -98,15 +98,16 @@ class CoCa(nn.Module):
     logits, _ = self.multimodal(text_intermediates["hidden"], image_tokens)
     return logits
 
-  def token_log_probs(self, images, tokens, prefix_len):
+  def token_log_probs(self, image_tokens, tokens, prefix_len):
     """Teacher-forced log p(tokens[b, k, t + 1] | image b, tokens[b, k, :t + 1]), float32[B, K, T - 1], for K
-    texts int[B, K, T] per image: the image encoded once, each text through both halves as `caption` trains.
-    prefix_len is not read (the text half is causal throughout); the caller drops the prompt's positions."""
+    texts int[B, K, T] per image given its `image_tokens` float[B, N, D]: each text through both halves as the
+    caption trains. prefix_len is not read (the text is causal throughout); the caller drops the prompt's
+    positions."""
     del prefix_len
     b, k, t = tokens.shape
-    image_tokens = jnp.repeat(self.image_tokens(images), k, axis=0)
     flat = tokens.reshape(b * k, t)
-    return losses.target_log_probs(self.caption_logits(image_tokens, flat[:, :-1]), flat[:, 1:]).reshape(b, k, t - 1)
+    logits = self.caption_logits(jnp.repeat(image_tokens, k, axis=0), flat[:, :-1])
+    return losses.target_log_probs(logits, flat[:, 1:]).reshape(b, k, t - 1)
 
   def __call__(self, batch):
     image_embedding, image_intermediates = self.encode_image(batch["image"])
@@ -163,5 +164,5 @@ def forward_flops(config, vocab_size: int, batch_size: int) -> dict:
 def predict_fns(model: CoCa) -> dict:
   return {**two_tower.embedding_fns(model),
           "image_tokens": lambda params, images: model.apply({"params": params}, images, method="image_tokens"),
-          "token_log_probs": lambda params, images, tokens, prefix_len: model.apply(
-              {"params": params}, images, tokens, prefix_len, method="token_log_probs")}
+          "token_log_probs": lambda params, image_tokens, tokens, prefix_len: model.apply(
+              {"params": params}, image_tokens, tokens, prefix_len, method="token_log_probs")}

@@ -56,14 +56,13 @@ class PrefixLM(nn.Module):
     logits, _ = self.decoder(tokens, prefix=image_tokens, prefix_len=prefix_len)
     return logits
 
-  def token_log_probs(self, images, tokens, prefix_len):
+  def token_log_probs(self, image_tokens, tokens, prefix_len):
     """Teacher-forced log p(tokens[b, k, t + 1] | image b, tokens[b, k, :t + 1]), float32[B, K, T - 1], for K
-    texts int[B, K, T] per image, each with its prompt length prefix_len int[B, K] (seen with the image, as
-    in training); the image is encoded once."""
+    texts int[B, K, T] per image given its projected `image_tokens` float[B, N, D], each text with its prompt
+    length prefix_len int[B, K] (the prompt seen with the image, as in training)."""
     b, k, t = tokens.shape
-    image_tokens = jnp.repeat(self.image_tokens(images), k, axis=0)
     flat = tokens.reshape(b * k, t)
-    logits = self.caption_logits(image_tokens, flat[:, :-1], prefix_len.reshape(b * k))
+    logits = self.caption_logits(jnp.repeat(image_tokens, k, axis=0), flat[:, :-1], prefix_len.reshape(b * k))
     return losses.target_log_probs(logits, flat[:, 1:]).reshape(b, k, t - 1)
 
   def __call__(self, batch):
@@ -123,5 +122,5 @@ def forward_flops(config, vocab_size: int, batch_size: int) -> dict:
 
 def predict_fns(model: PrefixLM) -> dict:
   return {"image_tokens": lambda params, images: model.apply({"params": params}, images, method="image_tokens"),
-          "token_log_probs": lambda params, images, tokens, prefix_len: model.apply(
-              {"params": params}, images, tokens, prefix_len, method="token_log_probs")}
+          "token_log_probs": lambda params, image_tokens, tokens, prefix_len: model.apply(
+              {"params": params}, image_tokens, tokens, prefix_len, method="token_log_probs")}
