@@ -242,3 +242,29 @@ def test_hardneg_likelihood_is_each_captions_log_likelihood_after_the_caption_pr
   # The blind scorer of the training captions, where "two" is the most frequent count and "four" never written,
   # is wrong on one shape vs two and right on two vs one and three vs four.
   assert metrics["blind/hardneg/count"] == pytest.approx(2 / 3)
+
+
+def test_results_table_marks_the_probes_text_alone_comes_close_to(tmp_path, capsys):
+  """blind >= 0.6 (binding) or within 0.05 of the score (left/right) is marked, with its footnote; a probe the
+  model solves far above its blind baseline (count) is not. hardneg_likelihood/<type> reads blind/hardneg/<type>."""
+  import importlib.util
+  import json
+  import os
+  spec = importlib.util.spec_from_file_location(
+      "results_table", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts",
+                                    "results_table.py"))
+  table = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(table)
+  probes = {"count": (0.96, 0.385), "binding": (0.95, 0.711), "left_right": (0.52, 0.51)}
+  for name, scorer in (("shapes_clip", "hardneg"), ("shapes_llava", "hardneg_likelihood")):
+    (tmp_path / name).mkdir()
+    scores = {"step": 1, **{f"{scorer}/{p}": s for p, (s, _) in probes.items()},
+              **{f"chance/{scorer}/{p}": 0.5 for p in probes}, **{f"blind/hardneg/{p}": b for p, (_, b) in probes.items()}}
+    (tmp_path / name / "eval.json").write_text(json.dumps(scores))
+  table.main(str(tmp_path))
+  lines = capsys.readouterr().out.splitlines()
+  for scorer in ("hardneg", "hardneg_likelihood"):
+    rows = {p: next(line for line in lines if line.startswith(f"| {scorer}/{p} ")) for p in probes}
+    assert rows["binding"].startswith(f"| {scorer}/binding (0.500; blind 0.711) |") and "0.950†" in rows["binding"]
+    assert "0.520†" in rows["left_right"] and "†" not in rows["count"]
+  assert lines[-1].startswith("† text alone comes close")
