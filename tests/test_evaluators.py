@@ -259,7 +259,8 @@ def test_results_table_marks_the_probes_text_alone_comes_close_to(tmp_path, caps
   for name, scorer in (("shapes_clip", "hardneg"), ("shapes_llava", "hardneg_likelihood")):
     (tmp_path / name).mkdir()
     scores = {"step": 1, **{f"{scorer}/{p}": s for p, (s, _) in probes.items()},
-              **{f"chance/{scorer}/{p}": 0.5 for p in probes}, **{f"blind/hardneg/{p}": b for p, (_, b) in probes.items()}}
+              **{f"chance/{scorer}/{p}": 0.5 for p in probes},
+              **{f"blind/hardneg/{p}": b for p, (_, b) in probes.items()}}
     (tmp_path / name / "eval.json").write_text(json.dumps(scores))
   table.main(str(tmp_path))
   lines = capsys.readouterr().out.splitlines()

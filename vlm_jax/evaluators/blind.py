@@ -7,7 +7,9 @@ every true caption of every training scene, the texts the models train on; it sc
 negative caption of a probe without the image, and its accuracy is the share of probes where the positive
 is the more probable one, a tie counting one half (a coin flip). What it can exploit in the shapes scenes:
 colour/shape pairs never seen in training (the compositional split's held-out pairs) make a binding negative
-improbable, and any skew in how often a count or an ordering is written.
+improbable (on the test split 261 of 570 binding negatives name one, and it rejects all of them), and any skew
+in how often a count or an ordering is written. The left/right and above/below negatives only swap the
+relation word of captions whose both directions training writes equally often: it is at chance there.
 """
 
 import collections
