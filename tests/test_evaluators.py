@@ -223,7 +223,7 @@ def test_hardneg_likelihood_is_each_captions_log_likelihood_after_the_caption_pr
   monkeypatch.setattr(evaluation.pipeline, "train_captions", lambda data_config: training)
   metrics = evaluator.hardneg(params, "test", {})
 
-  image_tokens = evaluator._image_tokens(params, "test")
+  image_tokens = evaluator._per_image(params, "test", "image_tokens")
   for kind, (positives, negatives) in probes.items():
     rows = [i for i in range(3) if positives[i]]
     if not rows:

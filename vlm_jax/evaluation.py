@@ -88,12 +88,16 @@ class Evaluator:
 
   # ------------------------------------------------------------------- one method per evaluator type
 
-  def _image_embedding(self, params, split):
-    key = ("image_embedding", split)
+  def _per_image(self, params, split, name):
+    """predict_fns[name] (encode_image, image_tokens) of every image of the split, computed once per split."""
+    key = (name, split)
     if key not in self._memo:
-      self._memo[key] = _batched(lambda x: self.predict_fns["encode_image"](params, x), [self.load(split)["image"]],
+      self._memo[key] = _batched(lambda x: self.predict_fns[name](params, x), [self.load(split)["image"]],
                                  self.config.eval.batch_size)
     return self._memo[key]
+
+  def _image_embedding(self, params, split):
+    return self._per_image(params, split, "encode_image")
 
   def _embed_texts(self, params, texts):
     tokens = tokenizer_lib.tokenize_all(self.tokenizer, texts, self.max_len)
@@ -108,13 +112,6 @@ class Evaluator:
                                          texts, text_images=owners)
     return retrieval.retrieval_metrics(self._image_embedding(params, split),
                                        self._embed_texts(params, data["caption"]), data["caption"])
-
-  def _image_tokens(self, params, split):
-    key = ("image_tokens", split)
-    if key not in self._memo:
-      self._memo[key] = _batched(lambda x: self.predict_fns["image_tokens"](params, x), [self.load(split)["image"]],
-                                 self.config.eval.batch_size)
-    return self._memo[key]
 
   def _caption_log_likelihoods(self, params, image_tokens, texts) -> np.ndarray:
     """float[N, K]: log p(texts[i][k] | image i) for image i's tokens image_tokens[i] (predict_fns' image_tokens):
@@ -159,7 +156,7 @@ class Evaluator:
             self._embed_texts(params, [negatives[i] for i in rows]))
         metrics[f"chance/hardneg/{kind}"] = 0.5
       if "token_log_probs" in self.predict_fns:
-        likelihoods = self._caption_log_likelihoods(params, self._image_tokens(params, split)[rows],
+        likelihoods = self._caption_log_likelihoods(params, self._per_image(params, split, "image_tokens")[rows],
                                                     [[positives[i], negatives[i]] for i in rows])
         metrics[f"hardneg_likelihood/{kind}"] = hardneg.likelihood_accuracy(likelihoods[:, 0], likelihoods[:, 1])
         metrics[f"chance/hardneg_likelihood/{kind}"] = 0.5
@@ -183,9 +180,9 @@ class Evaluator:
     counts = collections.Counter(map(tuple, reference_ids))
     mode = max(counts, key=lambda r: (counts[r], r))
     first_ids = self._reference_ids(data["caption"])
-    blind = captioning.caption_scores([list(mode)] * len(first_ids), first_ids, self.tokenizer.eos_id)
-    blind.update(caption_metrics.caption_metrics([self.tokenizer.decode(list(mode))] * len(references), references))
-    metrics.update({f"chance/{k}": v for k, v in blind.items()})
+    modal = captioning.caption_scores([list(mode)] * len(first_ids), first_ids, self.tokenizer.eos_id)
+    modal.update(caption_metrics.caption_metrics([self.tokenizer.decode(list(mode))] * len(references), references))
+    metrics.update({f"chance/{k}": v for k, v in modal.items()})
     return metrics
 
   def _answers(self, params, split):
