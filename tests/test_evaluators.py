@@ -228,8 +228,7 @@ def test_hardneg_likelihood_is_each_captions_log_likelihood_after_the_caption_pr
     rows = [i for i in range(3) if positives[i]]
     if not rows:
       continue
-    # What hardneg scores for this kind: (true, false) caption pairs of the images that have one, cut to 8
-    # tokens for the count captions, the full 16 for the others.
+    # What hardneg scores for this kind: (true, false) caption pairs of the images that have one.
     ours = evaluator._caption_log_likelihoods(params, image_tokens[rows], [[positives[i], negatives[i]] for i in rows])
     reference = reference_log_likelihoods(model, params, images[np.repeat(rows, 2)], tokenizer.encode(prompt),
                                           [tokenizer.encode(t) for i in rows for t in (positives[i], negatives[i])],

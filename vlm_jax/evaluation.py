@@ -116,15 +116,12 @@ class Evaluator:
   def _caption_log_likelihoods(self, params, image_tokens, texts) -> np.ndarray:
     """float[N, K]: log p(texts[i][k] | image i) for image i's tokens image_tokens[i] (predict_fns' image_tokens):
     each text's tokens and EOS after the caption prompt the model is trained to caption with
-    (pipeline.CAPTION_PROMPTS), teacher-forced, K texts of eval.batch_size / K images in a call."""
+    (pipeline.CAPTION_PROMPTS), teacher-forced, K texts of eval.batch_size / K images in a call. Every call has
+    the one shape [eval.batch_size / K, K, max_text_len]: one compiled program for every kind of caption (cutting
+    the short ones saves less than another compilation costs)."""
     prefix = self._prefix(pipeline.CAPTION_PROMPTS[self.data_task])
     tokens = np.stack([np.stack([tokenizer_lib.pack_tokens(self.tokenizer, prefix + self.tokenizer.encode(t),
                                                            self.max_len)[0] for t in row]) for row in texts])
-    # Cut after the longest text, rounded up to a multiple of 8: the padding after a text changes none of its
-    # logits (the text is causal), a short kind of caption ("two shapes") runs a short forward pass, and kinds
-    # of similar length share one compiled program.
-    longest = int(np.max(np.sum(tokens != self.tokenizer.pad_id, axis=-1)))
-    tokens = tokens[..., :min(self.max_len, -(-longest // 8) * 8)]
     prefix_len = np.full(tokens.shape[:2], len(prefix), np.int32)
     log_probs = _batched(lambda x, t, s: self.predict_fns["token_log_probs"](params, x, t, s),
                          [image_tokens, tokens, prefix_len], max(1, self.config.eval.batch_size // tokens.shape[1]))
