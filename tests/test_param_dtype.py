@@ -54,7 +54,9 @@ def adam_state(opt_state):
   return found[0]
 
 
-@pytest.mark.parametrize("name", ["two_tower", "prefix_lm"])
+# The prefix-LM alone (it holds every kind of layer the two-tower has, plus the projector and the LM): each
+# case is a train-step compile, ~15 CPU s, and the suite's budget is tight.
+@pytest.mark.parametrize("name", ["prefix_lm"])
 def test_bf16_end_to_end_trains_with_every_parameter_in_bf16(name):
   """param_dtype=dtype=bfloat16: every parameter and both Adam moments are bf16 before and after steps on a
   fixed batch, and the loss is finite and goes down (by far more than bf16 rounding of a loss of ~2: 2**-7 * 2)."""
