@@ -87,7 +87,11 @@ def test_rerunning_resumes_from_the_latest_checkpoint_at_the_right_step(data_dir
   config = tiny(load_config("shapes_clip"), data_dir, total_steps=12, log_every_steps=4,
                 eval_every_steps=1000, checkpoint_every_steps=6)
   config.eval.at_end = False  # the steps and checkpoints are the point
+  # With the hard-negative twins on (config.data.hard_negatives): their features reach the step, and the run
+  # resumes with them like any other (no extra run for the switch).
+  config.data.hard_negatives = True
   trainer.train_and_evaluate(config, str(tmp_path))
+  assert all(0.0 <= m["hard_negative_accuracy"] <= 1.0 for m in read_metrics(tmp_path) if "loss" in m)
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["12", "6"]
   config.total_steps = 20
   trainer.train_and_evaluate(config, str(tmp_path))
