@@ -230,7 +230,8 @@ def jax_worker(config_path: str, steps: int, tiny: bool, overrides: str = "") ->
   state, mesh, rules = prepared["state"], prepared["mesh"], prepared["rules"]
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     batch = sharding.global_batch(prepared["host_batch"], mesh)
-    compiled = prepared["step_fn"].lower(state, batch).compile()
+    jitted = getattr(prepared["step_fn"], "__wrapped__", prepared["step_fn"])  # compile_log.named wraps it
+    compiled = jitted.lower(state, batch).compile()
     hlo = parse_hlo(compiled.as_text())
     for _ in range(2):
       state, metrics = compiled(state, batch)
