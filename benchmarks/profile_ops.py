@@ -15,8 +15,9 @@ to the same categories (the loss and the optimizer by their record_function rang
 Categories: "matmul M·K·N" (one row per matmul family: the three sizes sorted, so a layer's forward matmul
 and its two backward ones share a row, as do a stride-p patch convolution and the patch Dense), "attention
 core" (QKᵀ, mask, softmax, AV and their gradients, or torch's fused scaled_dot_product_attention),
-"layout copies / transposes", "scan slices / stacking" (the dynamic slices, updates and zero-filled
-buffers of a scanned stack), "norms", "GELU / MLP elementwise", "other elementwise" (residual adds,
+"layout copies / transposes", "slices / stacking / broadcasts" (dynamic slices and updates, and broadcasts
+written out: a scanned stack's zero-filled stacked residuals, the broadcast operands of XLA:CPU's YNNPACK
+fusions), "norms", "GELU / MLP elementwise", "other elementwise" (residual adds,
 embeddings, pooling, biases), "optimizer update" (gradient norm, clipping, AdamW, the non-finite guard),
 "loss". A thunk's time is the wall time of its event, so on a loaded machine the shares mean more than the
 milliseconds; "sum of ops / step" says how much of the step the ops cover.
@@ -44,7 +45,7 @@ DEFAULT_CONFIGS = "configs/bench_small.py,configs/bench_ti16.py"
 MATMUL = "matmul"
 ATTENTION = "attention core (QKᵀ, mask, softmax, AV)"
 LAYOUT = "layout copies / transposes"
-SCAN = "scan slices / stacking"
+SCAN = "slices / stacking / broadcasts"
 NORMS = "norms"
 GELU = "GELU / MLP elementwise"
 ELEMENTWISE = "other elementwise"
