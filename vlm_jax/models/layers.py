@@ -276,7 +276,7 @@ def _attend_flat(q, k, v, mask):
   float[B, T, K, G, hd], weights float[B, K * G, T, S], head h = k * G + g).
 
   Each (row, key/value head) is one [G * T, hd] x [hd, S] matmul: the G query heads of a group are stacked
-  along the rows, so grouped-query attention needs no repeated keys. Measured on CPU (2 cores, the bench
+  along the rows, so grouped-query attention needs no repeated keys. Measured on CPU (one core, the bench
   configs' shapes): the attention sublayer's forward + backward ~1.3-1.7x faster than einsums with the
   batch axes (b, k, g) left apart, which XLA:CPU transposed around every dot.
   """
