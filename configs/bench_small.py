@@ -22,4 +22,8 @@ def get_config(arg=None):
   config.model.vision.update(dict(patch_size=8, width=256, depth=6, num_heads=4, mlp_dim=1024))
   config.model.text.update(dict(width=256, depth=4, num_heads=4, mlp_dim=1024))
   config.bench_vocab_size = 4096  # benchmark only: the vocabulary without a tokenizer
+  # The blocks as a loop: at these depths XLA:CPU ran the scanned stack's step ~12% (bench_small) to ~17%
+  # (bench_ti16) slower (its stacked residuals zero-filled and copied in and out), and compiled it only ~2 s
+  # faster (PROFILE_NOTES.md / experiments/README.md, issue 17).
+  config.model.scan = False
   return config

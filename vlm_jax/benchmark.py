@@ -79,13 +79,14 @@ def random_batch(features, batch_size: int, image_size: int, max_len: int, vocab
   return {name: batch[name] for name in features}
 
 
-def run_benchmark(config, *, steps: int = 10, warmup: int = 2, vocab_size: int = 0, profile_dir: str = "") -> dict:
+def prepare_step(config, vocab_size: int = 0) -> dict:
+  """What a timed step needs, built as the trainer builds it: {"step_fn" (trainer.make_train_step, jitted and
+  named STEP_PROGRAM in compile_log), "state", "host_batch" (random_batch of the config's shape), "mesh",
+  "rules", "vocab_size", "model_module"}. benchmarks/profile_ops.py profiles this same step."""
   run_config.validate(config)
   vocab_size = vocab_size or int(config.get("bench_vocab_size", 0) or 0)
   if vocab_size <= EOS_ID + 1:
     raise UserError("the benchmark needs a vocabulary size: set config.bench_vocab_size or --vocab_size")
-  if steps < 1 or warmup < 1:
-    raise UserError("--steps and --warmup must be at least 1")
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.logical_rules(config)
   model_module = models.get(config.model.name)
@@ -97,10 +98,20 @@ def run_benchmark(config, *, steps: int = 10, warmup: int = 2, vocab_size: int =
                                                     towers.param_dtype_of(config.model))
   compile_log.LOG.programs.pop(STEP_PROGRAM, None)  # this call's compile only, not an earlier call's
   step_fn = compile_log.named(STEP_PROGRAM, trainer.make_train_step(model, config, PAD_ID, shardings, mesh))
-  device = jax.devices()[0]
-  peak = flops.peak_flops_per_device(device)  # measured on CPU: before the step runs, on an idle pool
   host_batch = random_batch(model_module.FEATURES, config.batch_size, config.data.image_size,
                             config.data.max_text_len, vocab_size)
+  return dict(step_fn=step_fn, state=state, host_batch=host_batch, mesh=mesh, rules=rules, vocab_size=vocab_size,
+              model_module=model_module)
+
+
+def run_benchmark(config, *, steps: int = 10, warmup: int = 2, vocab_size: int = 0, profile_dir: str = "") -> dict:
+  if steps < 1 or warmup < 1:
+    raise UserError("--steps and --warmup must be at least 1")
+  prepared = prepare_step(config, vocab_size)
+  step_fn, state, host_batch, mesh, rules = (prepared[k] for k in ("step_fn", "state", "host_batch", "mesh", "rules"))
+  vocab_size, model_module = prepared["vocab_size"], prepared["model_module"]
+  device = jax.devices()[0]
+  peak = flops.peak_flops_per_device(device)  # measured on CPU: before the step runs, on an idle pool
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     batch = sharding.global_batch(host_batch, mesh)
