@@ -140,9 +140,12 @@ class ScenesBuilder(Builder):
   def eval_split(self, split: str) -> dict:
     """A whole split decoded: 'image' float32 [N,S,S,3], python lists for the texts."""
     source = self.open(split)
-    examples = [self.decode(source[i]) for i in range(len(source))]
+    return self.collate([self.decode(source[i]) for i in range(len(source))])
+
+  def collate(self, examples: list) -> dict:
+    """Decoded examples as one split: the text fields as python lists, 'image' normalised float32 [N,S,S,3]."""
     result = {name: [e[name] for e in examples] for name in self.TEXT_FIELDS + self.LIST_FIELDS}
-    result["image"] = self.normalize(np.stack([e["image"] for e in examples]))
+    result["image"] = self.normalize(np.stack([np.asarray(e["image"], np.uint8) for e in examples]))
     return result
 
 
@@ -163,11 +166,8 @@ class ShapesBuilder(ScenesBuilder):
     if split != self.REDRAWN:
       return super().eval_split(split)
     config = self.tfds.builder_config
-    examples = [shapes.make_example(config.seed, "test", i, config.image_size, style=self.REDRAWN)
-                for i in range(config.test)]
-    result = {name: [e[name] for e in examples] for name in self.TEXT_FIELDS + self.LIST_FIELDS}
-    result["image"] = self.normalize(np.stack([np.asarray(e["image"], np.uint8) for e in examples]))
-    return result
+    return self.collate([shapes.make_example(config.seed, "test", i, config.image_size, style=self.REDRAWN)
+                         for i in range(config.test)])
 
   def tokenizer_texts(self) -> list:
     """The vocabulary and every text of the train split."""
