@@ -359,6 +359,20 @@ def test_contrastive_batches_with_hard_negatives_pair_each_text_with_its_swap(da
   assert 0 < batch["text_negative_valid"].sum() < 32
 
 
+def test_relation_caption_prob_one_makes_every_text_of_a_scene_with_a_relation_a_relation_caption(
+    data_config, sp_tokenizer):
+  config = ml_collections.ConfigDict({**data_config.to_dict(), "relation_caption_prob": 1.0})
+  batch = next(pipeline.train_iterator(config, sp_tokenizer, batch_size=32, seed=0, task="contrastive_caption"))
+  by_caption = {e["caption"]: e["captions"] for e in examples("train", 256)}
+  relation_texts = 0
+  for text, caption in zip(batch["text"], batch["caption"]):
+    text, captions = sp_tokenizer.decode(text), by_caption[sp_tokenizer.decode(caption)]
+    assert text in captions  # still a true caption of the image
+    assert negatives.states_relation(text) == any(negatives.states_relation(c) for c in captions)
+    relation_texts += negatives.states_relation(text)
+  assert 0 < relation_texts < 32  # some scenes (one object) state no relation: they keep the usual draw
+
+
 def test_contrastive_batches_hold_true_captions(data_config, sp_tokenizer):
   batch = next(pipeline.train_iterator(data_config, sp_tokenizer, batch_size=32, seed=0,
                                        task="contrastive_caption"))

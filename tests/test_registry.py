@@ -83,3 +83,10 @@ def test_a_model_cannot_train_on_a_dataset_without_its_batches():
   config.loss.update(contrastive="", caption_weight=0.0)
   with pytest.raises(UserError, match=r"config.model.name='vit_classifier' cannot train on config.data.name='shapes'"):
     run_config.validate(config)
+
+
+def test_a_caption_probability_outside_zero_one_is_refused_naming_its_key():
+  config = tiny_config("two_tower")
+  config.data.relation_caption_prob = 1.5
+  with pytest.raises(UserError, match=r"config.data.relation_caption_prob=1.5 must be a probability in \[0, 1\]"):
+    run_config.validate(config)

@@ -65,6 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
       # hard_negatives: each contrastive text also gets its word-swapped false twin (vlm_jax.data.negatives:
       # relation reversed, count off by one), an extra negative column of its image in the contrastive loss.
       hard_negatives=False,
+      # relation_caption_prob: the share of contrastive texts that state a spatial relation, drawn first (scenes
+      # with a relation caption; 0: relation captions only as one of the uniformly drawn captions).
+      relation_caption_prob=0.0,
       augment="",  # labelled images (fashion_mnist): "crop_flip" = random 2 px shifts and left-right mirroring
       fashion_mnist_dir=""))  # "" = $VLM_JAX_FASHION_MNIST_DIR or Debian's /usr/share/datasets/fashion-mnist
   c.data.update(data_defaults())
@@ -196,6 +199,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.model.vision.posemb == "sincos2d" and config.model.vision.width % 4:
     raise UserError(f"config.model.vision.width={config.model.vision.width} must be a multiple of 4 for "
                     "sincos2d position embeddings")
+  for key in ("canonical_caption_prob", "relation_caption_prob", "vqa_caption_prob"):
+    value = config.data.get(key, 0.0)
+    if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+      raise UserError(f"config.data.{key}={value!r} must be a probability in [0, 1]")
   if config.data.get("hard_negatives") and config.loss.sigmoid_chunks > 1:
     raise UserError("config.data.hard_negatives=True cannot be combined with config.loss.sigmoid_chunks="
                     f"{config.loss.sigmoid_chunks} (the chunked SigLIP loss has no extra negative columns)")

@@ -18,6 +18,11 @@ _RELATION = re.compile(r"\b(left of|right of|above|below)\b")
 _NUMBER = re.compile(r"^(" + "|".join(NUMBERS) + r") (shapes?|items?)\b")
 
 
+def states_relation(caption: str) -> bool:
+  """Whether caption states a spatial relation ("a red circle above a blue square")."""
+  return bool(_RELATION.search(caption))
+
+
 def relation_negative(caption: str) -> str:
   """caption with its first relation reversed, or "" if it states none."""
   match = _RELATION.search(caption)

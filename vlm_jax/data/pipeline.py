@@ -192,15 +192,23 @@ HARD_NEGATIVE_FEATURES = ("text_negative", "text_negative_valid")  # config.data
 
 
 def _contrastive_features(example: dict, rng: np.random.Generator, tokenizer, max_len: int,
-                          canonical_prob: float = 0.0, hard_negatives: bool = False):
+                          canonical_prob: float = 0.0, hard_negatives: bool = False, relation_prob: float = 0.0):
   """A true caption ('text') and the canonical caption ('caption'); with hard_negatives also 'text_negative',
   the text made false by a word swap (vlm_jax.data.negatives), and 'text_negative_valid' (0: the text has none).
 
-  'text' is the canonical caption with probability canonical_prob, else uniformly one of all the true
-  captions (canonical, count, relations): the mix decides which skills the contrastive towers practise.
+  'text' is, with probability relation_prob, one of the captions that state a spatial relation (uniformly; an
+  image without one skips this draw), else the canonical caption with probability canonical_prob, else uniformly
+  one of all the true captions (canonical, count, relations): the mix decides which skills the contrastive towers
+  practise. relation_prob 0 draws nothing for it (the stream of every run before the field).
   """
   captions = example["captions"]
-  chosen = example["caption"] if rng.random() < canonical_prob else captions[rng.integers(len(captions))]
+  relations = [c for c in captions if negatives.states_relation(c)] if relation_prob > 0 else []
+  if relations and rng.random() < relation_prob:
+    chosen = relations[rng.integers(len(relations))]
+  elif rng.random() < canonical_prob:
+    chosen = example["caption"]
+  else:
+    chosen = captions[rng.integers(len(captions))]
   text, text_cut = tokenize(tokenizer, chosen, max_len)
   caption, caption_cut = tokenize(tokenizer, example["caption"], max_len)
   TRUNCATIONS.add(text_cut)
@@ -282,7 +290,8 @@ def _features(raw: dict, rng: np.random.Generator, *, task: str, tokenizer, data
   if task == "contrastive_caption":
     return _contrastive_features(example, rng, tokenizer, data_config.max_text_len,
                                  data_config.get("canonical_caption_prob", 0.0),
-                                 data_config.get("hard_negatives", False))
+                                 data_config.get("hard_negatives", False),
+                                 data_config.get("relation_caption_prob", 0.0))
   return _vqa_features(example, rng, tokenizer, data_config.max_text_len,
                        data_config.vqa_caption_prob)
 
