@@ -359,7 +359,7 @@ def test_contrastive_batches_with_hard_negatives_pair_each_text_with_its_swap(da
   assert 0 < batch["text_negative_valid"].sum() < 32
 
 
-def test_relation_caption_prob_one_makes_every_text_of_a_scene_with_a_relation_a_relation_caption(
+def test_relation_caption_prob_one_makes_every_text_of_a_scene_with_a_relation_a_relation_caption_and_a_decoder_target(
     data_config, sp_tokenizer):
   config = ml_collections.ConfigDict({**data_config.to_dict(), "relation_caption_prob": 1.0})
   batch = next(pipeline.train_iterator(config, sp_tokenizer, batch_size=32, seed=0, task="contrastive_caption"))
@@ -371,6 +371,11 @@ def test_relation_caption_prob_one_makes_every_text_of_a_scene_with_a_relation_a
     assert negatives.states_relation(text) == any(negatives.states_relation(c) for c in captions)
     relation_texts += negatives.states_relation(text)
   assert 0 < relation_texts < 32  # some scenes (one object) state no relation: they keep the usual draw
+  # decoder_caption "text": the captioner's target is the contrastive text itself, the same draws otherwise.
+  config.decoder_caption = "text"
+  same = next(pipeline.train_iterator(config, sp_tokenizer, batch_size=32, seed=0, task="contrastive_caption"))
+  np.testing.assert_array_equal(same["caption"], same["text"])
+  np.testing.assert_array_equal(same["text"], batch["text"])
 
 
 def test_contrastive_batches_hold_true_captions(data_config, sp_tokenizer):

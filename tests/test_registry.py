@@ -85,8 +85,12 @@ def test_a_model_cannot_train_on_a_dataset_without_its_batches():
     run_config.validate(config)
 
 
-def test_a_caption_probability_outside_zero_one_is_refused_naming_its_key():
+def test_caption_mix_fields_out_of_range_are_refused_naming_their_key():
   config = tiny_config("two_tower")
   config.data.relation_caption_prob = 1.5
   with pytest.raises(UserError, match=r"config.data.relation_caption_prob=1.5 must be a probability in \[0, 1\]"):
+    run_config.validate(config)
+  config.data.relation_caption_prob = 0.5
+  config.data.decoder_caption = "relations"
+  with pytest.raises(UserError, match=r"config.data.decoder_caption='relations': expected one of"):
     run_config.validate(config)

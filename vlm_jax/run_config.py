@@ -68,6 +68,9 @@ def base_config() -> ml_collections.ConfigDict:
       # relation_caption_prob: the share of contrastive texts that state a spatial relation, drawn first (scenes
       # with a relation caption; 0: relation captions only as one of the uniformly drawn captions).
       relation_caption_prob=0.0,
+      # decoder_caption: what a captioner (CoCa's decoder) learns to write: "canonical" the scene's canonical caption,
+      # "text" the caption the contrastive towers get (so relation and count captions too).
+      decoder_caption="canonical",
       augment="",  # labelled images (fashion_mnist): "crop_flip" = random 2 px shifts and left-right mirroring
       fashion_mnist_dir=""))  # "" = $VLM_JAX_FASHION_MNIST_DIR or Debian's /usr/share/datasets/fashion-mnist
   c.data.update(data_defaults())
@@ -124,6 +127,9 @@ def base_config() -> ml_collections.ConfigDict:
       split="test", periodic_split="validation", extra_splits=("compositional",), batch_size=500,
       max_decode_len=16, at_end=True))  # at_end=False: no final scores (a run whose point is not its scores)
   return c
+
+
+DECODER_CAPTIONS = ("canonical", "text")
 
 
 def data_source(**fields) -> ml_collections.ConfigDict:
@@ -203,6 +209,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     value = config.data.get(key, 0.0)
     if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
       raise UserError(f"config.data.{key}={value!r} must be a probability in [0, 1]")
+  if config.data.get("decoder_caption", "canonical") not in DECODER_CAPTIONS:
+    raise UserError(f"config.data.decoder_caption={config.data.decoder_caption!r}: expected one of {DECODER_CAPTIONS}")
   if config.data.get("hard_negatives") and config.loss.sigmoid_chunks > 1:
     raise UserError("config.data.hard_negatives=True cannot be combined with config.loss.sigmoid_chunks="
                     f"{config.loss.sigmoid_chunks} (the chunked SigLIP loss has no extra negative columns)")

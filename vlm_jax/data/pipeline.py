@@ -192,14 +192,16 @@ HARD_NEGATIVE_FEATURES = ("text_negative", "text_negative_valid")  # config.data
 
 
 def _contrastive_features(example: dict, rng: np.random.Generator, tokenizer, max_len: int,
-                          canonical_prob: float = 0.0, hard_negatives: bool = False, relation_prob: float = 0.0):
+                          canonical_prob: float = 0.0, hard_negatives: bool = False, relation_prob: float = 0.0,
+                          decoder_caption: str = "canonical"):
   """A true caption ('text') and the canonical caption ('caption'); with hard_negatives also 'text_negative',
   the text made false by a word swap (vlm_jax.data.negatives), and 'text_negative_valid' (0: the text has none).
 
   'text' is, with probability relation_prob, one of the captions that state a spatial relation (uniformly; an
   image without one skips this draw), else the canonical caption with probability canonical_prob, else uniformly
   one of all the true captions (canonical, count, relations): the mix decides which skills the contrastive towers
-  practise. relation_prob 0 draws nothing for it (the stream of every run before the field).
+  practise. relation_prob 0 draws nothing for it (the stream of every run before the field). 'caption' (what a
+  captioner learns to write) is the canonical caption, or with decoder_caption "text" the same text as 'text'.
   """
   captions = example["captions"]
   relations = [c for c in captions if negatives.states_relation(c)] if relation_prob > 0 else []
@@ -210,7 +212,7 @@ def _contrastive_features(example: dict, rng: np.random.Generator, tokenizer, ma
   else:
     chosen = captions[rng.integers(len(captions))]
   text, text_cut = tokenize(tokenizer, chosen, max_len)
-  caption, caption_cut = tokenize(tokenizer, example["caption"], max_len)
+  caption, caption_cut = tokenize(tokenizer, chosen if decoder_caption == "text" else example["caption"], max_len)
   TRUNCATIONS.add(text_cut)
   TRUNCATIONS.add(caption_cut)
   features = {"image": example["image"], "text": text, "caption": caption}
@@ -291,7 +293,8 @@ def _features(raw: dict, rng: np.random.Generator, *, task: str, tokenizer, data
     return _contrastive_features(example, rng, tokenizer, data_config.max_text_len,
                                  data_config.get("canonical_caption_prob", 0.0),
                                  data_config.get("hard_negatives", False),
-                                 data_config.get("relation_caption_prob", 0.0))
+                                 data_config.get("relation_caption_prob", 0.0),
+                                 data_config.get("decoder_caption", "canonical"))
   return _vqa_features(example, rng, tokenizer, data_config.max_text_len,
                        data_config.vqa_caption_prob)
 
