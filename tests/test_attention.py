@@ -202,3 +202,27 @@ def test_cudnn_is_chosen_only_where_it_applies(monkeypatch):
   assert not layers._fits_cudnn(query(jnp.bfloat16), layers.causal_mask(4))
   monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
   assert not layers._fits_cudnn(query(jnp.bfloat16), None)
+
+
+def test_the_attention_cores_written_out_backward_equals_autodiff_of_its_forward():
+  """layers._attention_core's flash-style backward (the softmax gradient from rowsum(dO * O)) against jax's autodiff
+  of the same forward (jax.nn.softmax, masked logits), for no mask, a causal-and-padding mask and a row whose every
+  key is masked (uniform weights, and no gradient to its logits on either side). Same math, other summation order:
+  sums of S, hd <= 16 terms of size ~1, so the same-math bound of tolerances.py holds with room."""
+  rows, m, s, hd = 3, 5, 7, 16
+  keys = jax.random.split(jax.random.key(0), 4)
+  q, k, v = (jax.random.normal(key, (rows, n, hd)) for key, n in zip(keys, (m, s, s)))
+  d_out = jax.random.normal(keys[3], (rows, m, hd))
+  mask = jnp.asarray(np.tril(np.ones((m, s), bool), k=2)[None].repeat(rows, 0))
+  mask = mask.at[:, :, -1].set(False).at[1, 2].set(False)  # a padded key, and one fully masked row
+  reference = lambda q, k, v, mask: jnp.matmul(layers._softmax_weights(q, k, mask), v)
+  for case in (None, mask):
+    outputs = {}
+    for name, fn in (("written", layers._attention_core), ("autodiff", reference)):
+      out, vjp = jax.vjp(lambda q, k, v: fn(q, k, v, case), q, k, v)
+      outputs[name] = (out, *vjp(d_out))
+    for written, autodiff in zip(*outputs.values()):
+      np.testing.assert_allclose(written, autodiff, atol=SAME_MATH_ATOL)
+  # The fully masked row's queries get no gradient (its logits are constants), as autodiff gives.
+  _, vjp = jax.vjp(lambda q: layers._attention_core(q, k, v, mask), q)
+  assert float(jnp.max(jnp.abs(vjp(d_out)[0][1, 2]))) == 0.0

@@ -270,28 +270,79 @@ def _dot_product_attention(query, key, value, mask):
                                       implementation=implementation)
 
 
-def _attend_flat(q, k, v, mask):
+def _softmax_weights(queries, keys, mask):
+  """softmax(queries keys^T) over the keys, masked: queries float[R, M, hd], keys float[R, S, hd], mask None or
+  bool[R, M, S] -> float32 (or wider) [R, M, S]. A fully masked row (every logit finfo.min) gets uniform weights."""
+  logits = jnp.matmul(queries, keys.swapaxes(1, 2))
+  if mask is not None:
+    logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+  # Softmax in float32 whatever the compute dtype: bf16 exponentials lose the small weights.
+  return jax.nn.softmax(at_least_float32(logits), axis=-1)
+
+
+@jax.custom_vjp
+def _attention_core(queries, keys, values, mask):
+  """softmax(queries keys^T, masked) values: queries float[R, M, hd], keys, values float[R, S, hd], mask None or
+  bool[R, M, S] -> float[R, M, hd], with the flash-attention backward written out (custom_vjp).
+
+  The softmax's backward needs, per query, sum_s P_s dP_s; with O = P V that equals sum_d dO_d O_d, a reduction
+  over hd instead of over the S keys, and the logits' gradient is then one pass P * (dP - D) over [M, S].
+  Measured on CPU, one core (benchmarks/kernels.py, bench_ti16's [96, 196, 64]): forward + backward 67.7 -> 45.8 ms
+  per call (torch's fused kernel: 53.7 ms); the whole bench_ti16 step 0-5% faster (within that machine's noise).
+  Equal to autodiff of the same forward within float32 rounding (tests/test_attention.py)."""
+  return _attention_core_forward(queries, keys, values, mask)[0]
+
+
+def _attention_core_forward(queries, keys, values, mask):
+  weights = _softmax_weights(queries, keys, mask).astype(queries.dtype)
+  out = jnp.matmul(weights, values)
+  return out, (queries, keys, values, mask, weights, out)
+
+
+def _attention_core_backward(residuals, d_out):
+  queries, keys, values, mask, weights, out = residuals
+  d_values = jnp.matmul(weights.swapaxes(1, 2), d_out)
+  d_weights = jnp.matmul(d_out, values.swapaxes(1, 2))
+  row_dot = jnp.sum(at_least_float32(d_out) * at_least_float32(out), axis=-1, keepdims=True)  # = sum_s P dP
+  d_logits = at_least_float32(weights) * (at_least_float32(d_weights) - row_dot)
+  if mask is not None:  # the masked logits are constants (where): no gradient, also in a fully masked row
+    d_logits = jnp.where(mask, d_logits, 0)
+  d_logits = d_logits.astype(queries.dtype)
+  # The mask (bool) gets no cotangent: None stands for zeros.
+  return jnp.matmul(d_logits, keys), jnp.matmul(d_logits.swapaxes(1, 2), queries), d_values, None
+
+
+_attention_core.defvjp(_attention_core_forward, _attention_core_backward)
+
+
+def _attend_flat(q, k, v, mask, weights_wanted: bool = True):
   """The explicit attention weights and their weighted values as two plain batched matmuls over B * kv_heads:
   q float[B, T, K, G, hd] (scaled), k, v float[B, K, S, hd], mask None or bool[B|1, 1, T, S] -> (out
-  float[B, T, K, G, hd], weights float[B, K * G, T, S], head h = k * G + g).
+  float[B, T, K, G, hd], weights float[B, K * G, T, S] (head h = k * G + g), or None unless weights_wanted).
 
   Each (row, key/value head) is one [G * T, hd] x [hd, S] matmul: the G query heads of a group are stacked
   along the rows, so grouped-query attention needs no repeated keys. Measured on CPU (one core, the bench
   configs' shapes): the attention sublayer's forward + backward ~1.3-1.7x faster than einsums with the
-  batch axes (b, k, g) left apart, which XLA:CPU transposed around every dot.
+  batch axes (b, k, g) left apart, which XLA:CPU transposed around every dot. With more keys than hd the core is
+  _attention_core (its backward written out); the weights, when wanted (attention maps), are the same forward's,
+  computed beside it.
   """
   b, t, kv_heads, group, head_dim = q.shape
   s = k.shape[2]
   rows = b * kv_heads
   queries = q.transpose(0, 2, 3, 1, 4).reshape(rows, group * t, head_dim)
-  logits = jnp.matmul(queries, k.reshape(rows, s, head_dim).swapaxes(1, 2))
+  keys, values = k.reshape(rows, s, head_dim), v.reshape(rows, s, head_dim)
   if mask is not None:
     mask = jnp.broadcast_to(mask[:, :, None], (b, kv_heads, group, t, s)).reshape(rows, group * t, s)
-    logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
-  # Softmax in float32 whatever the compute dtype: bf16 exponentials lose the small weights.
-  weights = jax.nn.softmax(at_least_float32(logits), axis=-1).astype(q.dtype)
-  out = jnp.matmul(weights, v.reshape(rows, s, head_dim)).reshape(b, kv_heads, group, t, head_dim)
-  return out.transpose(0, 3, 1, 2, 4), weights.reshape(b, kv_heads * group, t, s)
+  if s > head_dim:  # the written-out backward's saving: a reduction over hd instead of over the S keys
+    out = _attention_core(queries, keys, values, mask)
+  else:  # no faster at S <= hd (bench_small's [256, 64, 64]: 15.6 vs 15.4 ms per call): autodiff
+    out = jnp.matmul(_softmax_weights(queries, keys, mask).astype(q.dtype), values)
+  out = out.reshape(b, kv_heads, group, t, head_dim)
+  weights = None
+  if weights_wanted:
+    weights = _softmax_weights(queries, keys, mask).astype(q.dtype).reshape(b, kv_heads * group, t, s)
+  return out.transpose(0, 3, 1, 2, 4), weights
 
 
 class Attention(nn.Module):
@@ -410,8 +461,10 @@ class Attention(nn.Module):
     if not (heads_first and t == 1):
       if not heads_first:
         k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-      out, weights = _attend_flat(q, k, v, mask)
-      self.sow("intermediates", "attention_weights", weights)
+      wanted = self.is_mutable_collection("intermediates")
+      out, weights = _attend_flat(q, k, v, mask, weights_wanted=wanted)
+      if wanted:
+        self.sow("intermediates", "attention_weights", weights)
       return self._output(out.reshape(b, t, self.num_heads, head_dim), width), new_cache
     # Decoding one token against the cache.
     logits = jnp.einsum("bkgh,bksh->bkgs", q[:, 0], k)[:, :, :, None]
