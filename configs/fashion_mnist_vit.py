@@ -6,6 +6,10 @@
 Trained on the 55 000 first training images at 28 x 28 (the last 5000 are the validation split), scored
 on the 10 000 test images: `accuracy` in eval.json, beside the zero-shot accuracy of
 configs/fashion_mnist_coca.py (same ViT width and depth, 7 x 7 pixels per patch in both).
+4500 steps of batch 128 (10.5 epochs): test accuracy 0.886 ± 0.002 (3 seeds) in 5.4-5.8 CPU-minutes on one
+core of an AMD EPYC, compilation and evaluation included (experiments/README.md, "The Fashion-MNIST supervised
+baseline", with the ablation behind these settings): above the MLP of the Fashion-MNIST benchmark (0.877),
+below its RBF SVC (0.897) and the 0.90 goal.
 """
 
 from vlm_jax.run_config import base_config
@@ -25,8 +29,11 @@ def get_config(arg=None):
   config.model.vision.patch_size = 7  # 4 x 4 = 16 tokens
   config.loss.contrastive = ""
   config.loss.caption_weight = 0.0
-  config.total_steps = 1000
-  config.eval_every_steps = 500
+  # The ablation (experiments/README.md): more steps of this tower beat a wider or deeper one, batch 64, crop_flip,
+  # label smoothing, MAP pooling and learned positions at the same CPU time.
+  config.total_steps = 4500
+  config.eval_every_steps = 1500  # validation accuracy at 1500 and 3000 (1 s each)
+  config.checkpoint_every_steps = 1500
   config.eval.extra_splits = ()
   config.evals.classification = dict(type="classification")
   return config

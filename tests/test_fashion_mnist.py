@@ -178,6 +178,31 @@ def test_crop_flip_shifts_each_image_by_at_most_2_px_or_mirrors_it(tmp_path):
     datasets.get(ml_collections.ConfigDict({**config.to_dict(), "augment": "mixup"})).check_config()
 
 
+def test_batches_gathered_from_the_arrays_are_the_per_example_pipelines(tmp_path):
+  """The in-memory path (train_arrays, one gather per batch) gives bit for bit the batches of grain's per-example
+  chain over the source (shuffle, repeat, then each example's crop and mirror drawn from its own generator, written
+  out here as crop_flip is documented), across an epoch end."""
+  import grain  # noqa: PLC0415
+  write_fake_dataset(tmp_path, n_train=40)
+  config = ml_collections.ConfigDict({**classifier_config(tmp_path).to_dict(), "augment": "crop_flip"})
+  builder = datasets.get(config)
+
+  def crop_flip(example, rng):
+    top, left = rng.integers(0, 5, size=2)
+    image = np.pad(example["image"], ((2, 2), (2, 2), (0, 0)))[top:top + 28, left:left + 28]
+    image = image[:, ::-1] if rng.random() < 0.5 else image
+    return {"image": image.astype(np.float32) / 127.5 - 1, "label": example["label"]}
+
+  reference = grain.MapDataset.source(builder.open("train")).filter(lambda e: e is not None).seed(5).shuffle()
+  reference = reference.repeat().random_map(crop_flip)
+  iterator = pipeline.train_iterator(config, None, batch_size=16, seed=5, task="classification")
+  for step in range(4):  # 64 examples: the second epoch begins in the third batch
+    batch = next(iterator)
+    expected = [reference[step * 16 + j] for j in range(16)]
+    np.testing.assert_array_equal(batch["image"], np.stack([e["image"] for e in expected]))
+    np.testing.assert_array_equal(batch["label"], [e["label"] for e in expected])
+
+
 def test_dataset_task_and_tokenizer_mismatches_are_user_errors(tmp_path):
   write_fake_dataset(tmp_path)
   config = classifier_config(tmp_path)

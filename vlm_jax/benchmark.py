@@ -14,7 +14,9 @@ tflops_per_device and mfu (FLOPs counted by `flops.train_flops_per_step`, divide
 matmul_peak_tflops (this machine's measured float32 matmul peak on CPU, the table's peak elsewhere),
 compile_s (the warm-up steps' wall time), train_step_compile_s and train_step_cache (the step's trace, lowering
 and XLA seconds and the persistent cache's part, vlm_jax/compile_log.py), peak_memory_bytes (the devices'
-allocator peak, None where the device reports none: CPU), and the shape and thread settings used.
+allocator peak, None where the device reports none: CPU), the shape and thread settings used, and host_malloc
+("kept": glibc's malloc set to reuse freed memory on the CPU backend, as the trainer's CLI sets it, see
+vlm_jax/host_malloc.py; "system": its defaults, e.g. with VLM_JAX_HOST_MALLOC=system).
 
 CPU threading: XLA:CPU runs each op on its own Eigen thread pool as wide as the host's cores. This
 module leaves XLA_FLAGS as it finds it (tests set a simulated device count there); --xla_flags adds flags
@@ -45,7 +47,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from vlm_jax import compile_log, flops, models, run_config, sharding, train_state, trainer  # noqa: E402
+from vlm_jax import compile_log, flops, host_malloc, models, run_config, sharding, train_state, trainer  # noqa: E402
 from vlm_jax.errors import UserError  # noqa: E402
 from vlm_jax.models import towers  # noqa: E402
 
@@ -173,8 +175,11 @@ def _main(argv):
   try:
     if FLAGS.config is None:
       raise UserError("--config is required, e.g. --config configs/bench_small.py")
+    # As the trainer's CLI does (vlm_jax/cli.py), so that the step timed is the step a training run takes.
+    kept = jax.default_backend() == "cpu" and host_malloc.keep_freed_memory()
     result = run_benchmark(FLAGS.config, steps=FLAGS.steps, warmup=FLAGS.warmup, vocab_size=FLAGS.vocab_size,
                            profile_dir=FLAGS.profile_dir)
+    result["host_malloc"] = "kept" if kept else "system"
   except UserError as e:
     print(f"vlm_jax.benchmark: error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)

@@ -14,6 +14,9 @@ A builder is made from config.data (`get(data_config)`) and declares:
   decode(raw)           a raw record -> a python example (texts as str, "image" as the builder keeps it)
   MEMOIZE               whether decoded training examples are kept in memory (small data) or decoded each time
   train_image(example, rng) -> uint8 [S, S, 3]: the training image, augmented as the builder does
+  train_arrays()        (uint8 [N, S, S] or [N, S, S, 3] images, int32 [N] labels) of a labelled train split held in
+                        memory, whose batches the pipeline gathers whole (augment_choices, augment_batch); None: its
+                        examples are read one by one
   tokenizer_dir()       where its SentencePiece model is (None: it has no texts); tokenizer_texts(), TOKENIZER
                         (the SentencePiece options) to train it
   eval_split(split)     the evaluators' inputs: a whole split decoded (float images, texts, references)
@@ -60,6 +63,10 @@ class Builder:
   def train_image(self, example: dict, rng) -> np.ndarray:
     del rng
     return example["image"]
+
+  def train_arrays(self):
+    """None: training examples are decoded one by one (see the module docstring)."""
+    return None
 
   def tokenizer_dir(self):
     return None
@@ -243,6 +250,7 @@ def _open_tfds(builder, split: str):
 # ----------------------------------------------------------------------------- Fashion-MNIST
 
 AUGMENTATIONS = ("", "crop_flip")  # config.data.augment of the labelled images (FashionMnistBuilder.train_image)
+CROP_PAD = 2  # crop_flip: the crop's largest shift, in pixels
 
 
 class ClassificationSource:
@@ -290,15 +298,31 @@ class FashionMnistBuilder(Builder):
   def train_image(self, example: dict, rng) -> np.ndarray:
     """config.data.augment "crop_flip": a 28 px crop at a random offset of the image padded by 2 px of background
     (black), mirrored left-right half the time (a coat mirrored is a coat); "": the image as it is."""
-    image = example["image"]
-    if self.config.get("augment", "") == "crop_flip":
-      pad, (h, w) = 2, image.shape[:2]
-      padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
-      top, left = (int(v) for v in rng.integers(0, 2 * pad + 1, size=2))
-      image = padded[top:top + h, left:left + w]
-      if rng.random() < 0.5:
-        image = image[:, ::-1]
-    return image
+    choices = self.augment_choices(rng)
+    if choices is None:
+      return example["image"]
+    return self.augment_batch(example["image"][None], choices[None])[0]
+
+  def train_arrays(self):
+    """(uint8 [N,28,28] grey images, int32 [N] labels) of the train split: batches are gathered from them whole."""
+    return fashion_mnist.load("train", self.directory)
+
+  def augment_choices(self, rng):
+    """One example's random choices, int32 [3] (top, left, mirrored), drawn from `rng` in the order train_image
+    always drew them; None without augmentation (nothing drawn)."""
+    if self.config.get("augment", "") != "crop_flip":
+      return None
+    top, left = (int(v) for v in rng.integers(0, 2 * CROP_PAD + 1, size=2))
+    return np.array([top, left, rng.random() < 0.5], np.int32)
+
+  def augment_batch(self, images: np.ndarray, choices: np.ndarray) -> np.ndarray:
+    """uint8 [B,H,W,...] images, each cropped at its (top, left) from the image padded by CROP_PAD px of
+    background and mirrored where choices[:, 2] is 1: one gather for the whole batch."""
+    b, h, w = images.shape[:3]
+    padded = np.pad(images, ((0, 0), (CROP_PAD, CROP_PAD), (CROP_PAD, CROP_PAD)) + ((0, 0),) * (images.ndim - 3))
+    rows = choices[:, :1] + np.arange(h)                                       # [B, H]
+    cols = choices[:, 1:2] + np.where(choices[:, 2:3] == 1, np.arange(w)[::-1], np.arange(w))  # [B, W]
+    return padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
   def decode(self, raw: dict) -> dict:
     return raw

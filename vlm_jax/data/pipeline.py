@@ -299,6 +299,26 @@ def _features(raw: dict, rng: np.random.Generator, *, task: str, tokenizer, data
                        data_config.vqa_caption_prob)
 
 
+def _array_choices(index: int, rng: np.random.Generator, *, builder) -> np.ndarray:
+  """Example `index` of a builder's in-memory train arrays (train_arrays) without its image: int32 [1 + k], the
+  index then the example's k augmentation choices, drawn from grain's generator of the example as train_image
+  draws them on the per-example path (so both paths give the same batches)."""
+  choices = builder.augment_choices(rng)
+  return np.asarray([index] if choices is None else np.concatenate([[index], choices]), np.int32)
+
+
+def _array_batch(rows: np.ndarray, *, arrays, builder) -> dict:
+  """int32 [B, 1 + k] rows of _array_choices -> {"image": float32 [B,S,S,3], "label": int32 [B]}: one gather,
+  one augmentation and one normalisation for the whole batch (grey images get their 3 channels last)."""
+  images, labels = arrays
+  batch = images[rows[:, 0]]
+  if rows.shape[1] > 1:
+    batch = builder.augment_batch(batch, rows[:, 1:])
+  if batch.ndim == 3:
+    batch = np.repeat(batch[..., None], 3, axis=-1)
+  return {"image": builder.normalize(batch), "label": np.asarray(labels[rows[:, 0]], np.int32)}
+
+
 class ProcessPart(grain.MapDataset):
   """Process `index` of `count`'s part of a stream cut into global batches of `global_batch`: its element j is
   element (j // b) * global_batch + index * b + j % b of the parent, b = global_batch // count. With one process
@@ -402,22 +422,30 @@ def train_iterator(data_config, tokenizer: Tokenizer | None, *, batch_size: int,
     raise UserError(f"config.data.name={data_config.name!r} cannot feed the {task!r} task (it gives "
                     f"{list(builder.TASKS)}); {task!r} batches come from {fitting} ('classification' from labelled "
                     "images)")
-  source = MemoizedSource(builder.open("train"), data_config.get("on_bad_record", "skip"), builder=builder)
+  arrays = builder.train_arrays() if task == "classification" else None
+  source = (MemoizedSource(builder.open("train"), data_config.get("on_bad_record", "skip"), builder=builder)
+            if arrays is None else range(len(arrays[1])))  # arrays: grain's elements are the examples' indices
   dataset = grain.MapDataset.source(source)
   if len(dataset) < batch_size:
     raise UserError(f"train split has {len(dataset)} examples, fewer than the batch {batch_size}")
   # After repeat, the element index includes the epoch: new random choices every epoch; random choices are made
   # per global index, before each process takes its part, so they too are the same on any number of processes.
   dataset = dataset.filter(lambda example: example is not None).seed(seed).shuffle().repeat()
-  dataset = dataset.random_map(functools.partial(
-      _features, task=task, tokenizer=tokenizer, data_config=data_config, builder=builder))
+  if arrays is None:
+    dataset = dataset.random_map(functools.partial(
+        _features, task=task, tokenizer=tokenizer, data_config=data_config, builder=builder))
+  else:  # the same chain over the indices, so the same order and per-example generators; images gathered per batch
+    dataset = dataset.random_map(functools.partial(_array_choices, builder=builder))
   if process_count > 1:
     dataset = ProcessPart(dataset, batch_size, process_index, process_count)
-  # Few threads and a small buffer: 2 cores, and examples are cheap to decode.
-  threads = int(data_config.get("num_threads", 0) or 2)
+  # Few threads and a small buffer: 2 cores, and examples are cheap to decode. In-memory arrays are read in this
+  # thread: an element is an index, and handing it between threads costs ~10x what reading it does.
+  threads = int(data_config.get("num_threads", 0) or 2) if arrays is None else 0
   read_options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(2 * batch_size, 4 * threads))
   dataset = dataset.to_iter_dataset(read_options)
   dataset = dataset.batch(batch_size // process_count, drop_remainder=True)
+  if arrays is not None:
+    dataset = dataset.map(functools.partial(_array_batch, arrays=arrays, builder=builder))
   return TrainIterator(iter(dataset), batch_size=batch_size, process_index=process_index,
                        process_count=process_count)
 
