@@ -239,13 +239,8 @@ def jax_worker(config_path: str, steps: int, tiny: bool, overrides: str = "") ->
     jax.block_until_ready((state, metrics))
     with tempfile.TemporaryDirectory() as trace_dir:
       jax.profiler.start_trace(trace_dir)
-      times, cpu_start = [], time.process_time()
-      for _ in range(steps):
-        start = time.perf_counter()
-        state, metrics = compiled(state, batch)
-        jax.block_until_ready((state, metrics))
-        times.append(time.perf_counter() - start)
-      cpu_ms = 1e3 * (time.process_time() - cpu_start) / steps
+      state, metrics, times, cpu_s = benchmark.timed_steps(compiled, state, batch, steps)
+      cpu_ms = 1e3 * cpu_s
       jax.profiler.stop_trace()
       thunks = trace_thunks(trace_dir)
   categories = collections.Counter()

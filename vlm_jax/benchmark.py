@@ -106,6 +106,18 @@ def prepare_step(config, vocab_size: int = 0) -> dict:
               model_module=model_module)
 
 
+def timed_steps(step_fn, state, batch, steps: int):
+  """`steps` calls of step_fn(state, batch) -> (state, metrics) one after the other, each waited for: (the last
+  state, its metrics, the wall seconds of each step, the process's CPU seconds per step, all threads)."""
+  times, cpu_start = [], time.process_time()
+  for _ in range(steps):
+    start = time.perf_counter()
+    state, metrics = step_fn(state, batch)
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - start)
+  return state, metrics, times, (time.process_time() - cpu_start) / steps
+
+
 def run_benchmark(config, *, steps: int = 10, warmup: int = 2, vocab_size: int = 0, profile_dir: str = "") -> dict:
   if steps < 1 or warmup < 1:
     raise UserError("--steps and --warmup must be at least 1")
@@ -126,13 +138,7 @@ def run_benchmark(config, *, steps: int = 10, warmup: int = 2, vocab_size: int =
       raise UserError(f"non-finite loss in the benchmark step: {float(metrics['loss'])}")
     if profile_dir:
       jax.profiler.start_trace(profile_dir, create_perfetto_trace=True)
-    times, cpu_start = [], time.process_time()
-    for _ in range(steps):
-      start = time.perf_counter()
-      state, metrics = step_fn(state, batch)
-      jax.block_until_ready((state, metrics))
-      times.append(time.perf_counter() - start)
-    cpu_s = (time.process_time() - cpu_start) / steps
+    state, metrics, times, cpu_s = timed_steps(step_fn, state, batch, steps)
     if profile_dir:
       jax.profiler.stop_trace()
 
@@ -176,7 +182,7 @@ def _main(argv):
     if FLAGS.config is None:
       raise UserError("--config is required, e.g. --config configs/bench_small.py")
     # As the trainer's CLI does (vlm_jax/cli.py), so that the step timed is the step a training run takes.
-    kept = jax.default_backend() == "cpu" and host_malloc.keep_freed_memory()
+    kept = host_malloc.keep_freed_memory_on_cpu()
     result = run_benchmark(FLAGS.config, steps=FLAGS.steps, warmup=FLAGS.warmup, vocab_size=FLAGS.vocab_size,
                            profile_dir=FLAGS.profile_dir)
     result["host_malloc"] = "kept" if kept else "system"

@@ -59,9 +59,7 @@ def _run(argv, command: str):
     from vlm_jax import compilation_cache, compile_log, host_malloc  # noqa: PLC0415
     compilation_cache.enable()
     compile_log.mark_command_start(_STARTED)
-    import jax  # noqa: PLC0415
-    if jax.default_backend() == "cpu":  # XLA:CPU's per-step buffers then reuse freed heap (vlm_jax/host_malloc.py)
-      host_malloc.keep_freed_memory()
+    host_malloc.keep_freed_memory_on_cpu()  # XLA:CPU's per-step buffers then reuse freed heap
     # Imported once the flags are good: a mistake in them is reported before the data pipeline loads.
     if command == "train":
       from vlm_jax import trainer  # noqa: PLC0415

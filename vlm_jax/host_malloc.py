@@ -9,7 +9,7 @@ core, 0.091 s a step with glibc's defaults, 0.056-0.059 s without mmap and trimm
 
 `keep_freed_memory()` turns both off (mallopt M_MMAP_MAX 0, M_TRIM_THRESHOLD 2 GB): freed blocks stay in the
 heap and the next step reuses them. The price: the process keeps its peak heap (up to 2 GB of free top) mapped.
-The CLIs (vlm_jax/cli.py, vlm_jax/benchmark.py) call it once the backend is known to be the CPU. It does
+The CLIs (vlm_jax/cli.py, vlm_jax/benchmark.py) call it through `keep_freed_memory_on_cpu()`. It does
 nothing where the C library has no mallopt (not glibc), where $VLM_JAX_HOST_MALLOC is "system", or where the
 user tunes glibc's malloc through its own MALLOC_* variables.
 """
@@ -40,3 +40,10 @@ def keep_freed_memory() -> bool:
     return False
   _APPLIED.append(True)
   return True
+
+
+def keep_freed_memory_on_cpu() -> bool:
+  """keep_freed_memory() where jax's default backend is the CPU (XLA:CPU's per-step buffers live in this heap);
+  False, changing nothing, on an accelerator."""
+  import jax  # noqa: PLC0415 (keep_freed_memory itself needs no jax)
+  return jax.default_backend() == "cpu" and keep_freed_memory()
