@@ -9,9 +9,11 @@ the same random inputs, in this one process, rounds interleaved, median CPU ms p
 all threads of the process; run it on one pinned core as above to compare kernels, not thread pools):
 
   attention core  q, k, v float[B*heads, T, hd] -> softmax(q k^T) v (the 1/sqrt(hd) folded into q, as vlm_jax):
-    jax   explicit      layers._attend_flat: two batched matmuls and jax.nn.softmax, autodiff backward (the default)
-    jax   flash_vjp     the same forward, the flash-attention backward by hand (jax.custom_vjp: the softmax
-                        gradient from rowsum(dO * O) over hd instead of rowsum(dP * P) over T)
+    jax   explicit      two batched matmuls and jax.nn.softmax (layers._softmax_weights), autodiff backward (what
+                        layers._attend_flat runs where S <= hd)
+    jax   flash_vjp     layers._attention_core: the same forward, the flash-attention backward by hand (custom_vjp:
+                        the softmax gradient from rowsum(dO * O) over hd instead of rowsum(dP * P) over S; what
+                        layers._attend_flat runs where S > hd)
     jax   dot_product   jax.nn.dot_product_attention(implementation="xla")
     torch sdpa          torch.nn.functional.scaled_dot_product_attention (what open_clip's attention calls: one
                         fused flash-attention CPU kernel each way)
@@ -44,30 +46,6 @@ DEFAULT_CONFIGS = "configs/bench_small.py,configs/bench_ti16.py"
 
 
 # ----------------------------------------------------------------------------------------------- jax kernels
-
-def _flash_forward(q, k, v):
-  logits = jnp.matmul(q, k.swapaxes(1, 2))
-  weights = jax.nn.softmax(logits, axis=-1)
-  out = jnp.matmul(weights, v)
-  return out, (q, k, v, weights, out)
-
-
-def _flash_backward(residuals, d_out):
-  q, k, v, weights, out = residuals
-  d_v = jnp.matmul(weights.swapaxes(1, 2), d_out)
-  d_weights = jnp.matmul(d_out, v.swapaxes(1, 2))
-  # sum_s P * dP = sum_d dO * O (O = P V): a reduction over hd instead of over the T keys.
-  d_logits = weights * (d_weights - jnp.sum(d_out * out, axis=-1, keepdims=True))
-  return jnp.matmul(d_logits, k), jnp.matmul(d_logits.swapaxes(1, 2), q), d_v
-
-
-@jax.custom_vjp
-def flash_vjp_attention(q, k, v):
-  return _flash_forward(q, k, v)[0]
-
-
-flash_vjp_attention.defvjp(_flash_forward, _flash_backward)
-
 
 def _layer_norm_forward(x, scale, bias, eps=1e-6):
   mean = jnp.mean(x, axis=-1, keepdims=True)
@@ -107,9 +85,8 @@ def jax_kernels(shapes: dict) -> dict:
   normal = lambda *shape: jnp.asarray(rng.normal(size=shape).astype(np.float32))
   qkv = [normal(rows, t, hd) / (1.0 if i else np.sqrt(hd)) for i in range(3)]
 
-  def explicit(q, k, v):  # _attend_flat reads q [B, T, K, G, hd] and k, v [B, K, S, hd]
-    out, _ = layers._attend_flat(q[:, :, None, None], k[:, None], v[:, None], None)
-    return out[:, :, 0, 0]
+  def explicit(q, k, v):  # the core's forward with jax's autodiff backward
+    return jnp.matmul(layers._softmax_weights(q, k, None), v)
 
   def dot_product(q, k, v):
     return jax.nn.dot_product_attention(q[:, :, None], k[:, :, None], v[:, :, None], scale=1.0,
@@ -130,7 +107,7 @@ def jax_kernels(shapes: dict) -> dict:
   logits = [normal(rows, t, t)]
   return {
       "attention core/explicit": vjp(explicit, qkv),
-      "attention core/flash_vjp": vjp(flash_vjp_attention, qkv),
+      "attention core/flash_vjp": vjp(lambda q, k, v: layers._attention_core(q, k, v, None), qkv),
       "attention core/dot_product": vjp(dot_product, qkv),
       "layer norm/flax": vjp(flax_layer_norm, norm_in),
       "layer norm/custom_vjp": vjp(custom_layer_norm, norm_in),
