@@ -334,15 +334,18 @@ def _attend_flat(q, k, v, mask, weights_wanted: bool = True):
   keys, values = k.reshape(rows, s, head_dim), v.reshape(rows, s, head_dim)
   if mask is not None:
     mask = jnp.broadcast_to(mask[:, :, None], (b, kv_heads, group, t, s)).reshape(rows, group * t, s)
+  weights = None
   if s > head_dim:  # the written-out backward's saving: a reduction over hd instead of over the S keys
     out = _attention_core(queries, keys, values, mask)
+    if weights_wanted:  # the core keeps its weights inside: computed again, only when attention maps are asked for
+      weights = _softmax_weights(queries, keys, mask).astype(q.dtype)
   else:  # no faster at S <= hd (bench_small's [256, 64, 64]: 15.6 vs 15.4 ms per call): autodiff
-    out = jnp.matmul(_softmax_weights(queries, keys, mask).astype(q.dtype), values)
-  out = out.reshape(b, kv_heads, group, t, head_dim)
-  weights = None
+    weights = _softmax_weights(queries, keys, mask).astype(q.dtype)
+    out = jnp.matmul(weights, values)
+  out = out.reshape(b, kv_heads, group, t, head_dim).transpose(0, 3, 1, 2, 4)
   if weights_wanted:
-    weights = _softmax_weights(queries, keys, mask).astype(q.dtype).reshape(b, kv_heads * group, t, s)
-  return out.transpose(0, 3, 1, 2, 4), weights
+    return out, weights.reshape(b, kv_heads * group, t, s)
+  return out, None
 
 
 class Attention(nn.Module):
