@@ -378,6 +378,66 @@ def test_relation_caption_prob_one_makes_every_text_of_a_scene_with_a_relation_a
   np.testing.assert_array_equal(same["text"], batch["text"])
 
 
+def test_relation_twins_mirror_one_axis_and_reverse_exactly_its_relations():
+  axes = set()
+  for i, e in enumerate(examples("train", 120)):
+    e["image"] = np.asarray(e["image"])
+    objects = shapes.placed_objects(e)
+    # The scene and its recovered background redraw the stored image exactly: the twin is drawn as the data are.
+    np.testing.assert_array_equal(np.asarray(shapes._draw(objects, 32, shapes._background(e["image"], objects))),
+                                  e["image"])
+    made = shapes.relation_twin(e, np.random.default_rng(i))
+    if made is None:
+      assert not any(negatives.states_relation(c) for c in e["captions"])  # no clearly separated pair at all
+      continue
+    text, twin, twin_text = made
+    assert twin_text == negatives.relation_negative(text)
+    assert relation_holds(e, text) and not relation_holds(e, twin_text)
+    assert relation_holds(twin, twin_text) and not relation_holds(twin, text)
+    by_name = {(o["color"], o["shape"]): o for o in scene_objects(e)}
+    mirrored = [axis for axis in ("x", "y") if all(
+        o[axis] == 31 - by_name[(o["color"], o["shape"])][axis] for o in scene_objects(twin))]
+    assert len(mirrored) == 1  # one axis mirrored, the other kept
+    axis = mirrored[0]
+    assert all(o["xy".replace(axis, "")] == by_name[(o["color"], o["shape"])]["xy".replace(axis, "")]
+               for o in scene_objects(twin))
+    axes.add(axis)
+    # The twin's own fields are true of it: its canonical caption lists it left to right, each object is drawn.
+    assert names_in(twin["caption"]) == [(o["color"], o["shape"]) for o in sorted(scene_objects(twin),
+                                                                                 key=lambda o: o["x"])]
+    assert all(relation_holds(twin, c) for c in twin["captions"] if negatives.states_relation(c))
+    for o in scene_objects(twin):
+      assert tuple(twin["image"][o["y"], o["x"]]) == shapes.COLORS[o["color"]]
+  assert axes == {"x", "y"}
+
+
+def test_relation_twins_fill_a_batch_with_pairs_told_apart_by_their_relation_only(data_config, sp_tokenizer):
+  config = ml_collections.ConfigDict({**data_config.to_dict(), "relation_twins": 1.0})
+  make = lambda: pipeline.train_iterator(config, sp_tokenizer, batch_size=32, seed=0, task="contrastive_caption")
+  batch = next(make())
+  decode = lambda ids: sp_tokenizer.decode(ids)
+  pairs = 0
+  for k in range(0, 32, 2):
+    first, second = decode(batch["text"][k]), decode(batch["text"][k + 1])
+    if negatives.states_relation(first):  # a twin pair (scenes without a clear pair keep their usual draw)
+      pairs += 1
+      assert second == negatives.relation_negative(first)
+      assert not np.array_equal(batch["image"][k], batch["image"][k + 1])
+      # Same objects: the canonical captions name the same ones (in reversed order when mirrored left-right).
+      assert sorted(names_in(decode(batch["caption"][k]))) == sorted(names_in(decode(batch["caption"][k + 1])))
+  assert pairs >= 8
+  # A function of (seed, index): resuming gives the same twins.
+  iterator = make()
+  take(iterator, 5)
+  state = iterator.get_state()
+  expected = take(iterator, 2)
+  resumed = make()
+  resumed.set_state(state)
+  assert_batches_equal(expected, take(resumed, 2))
+  with pytest.raises(UserError, match=r"config.data.relation_twins=1.0: relation twins are made for contrastive_caption"):
+    pipeline.train_iterator(config, sp_tokenizer, batch_size=32, seed=0, task="vqa")
+
+
 def test_contrastive_batches_hold_true_captions(data_config, sp_tokenizer):
   batch = next(pipeline.train_iterator(data_config, sp_tokenizer, batch_size=32, seed=0,
                                        task="contrastive_caption"))

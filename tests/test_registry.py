@@ -91,6 +91,10 @@ def test_caption_mix_fields_out_of_range_are_refused_naming_their_key():
   with pytest.raises(UserError, match=r"config.data.relation_caption_prob=1.5 must be a probability in \[0, 1\]"):
     run_config.validate(config)
   config.data.relation_caption_prob = 0.5
+  config.data.relation_twins = -0.1
+  with pytest.raises(UserError, match=r"config.data.relation_twins=-0.1 must be a probability in \[0, 1\]"):
+    run_config.validate(config)
+  config.data.relation_twins = 0.25
   config.data.decoder_caption = "relations"
   with pytest.raises(UserError, match=r"config.data.decoder_caption='relations': expected one of"):
     run_config.validate(config)

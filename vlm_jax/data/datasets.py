@@ -14,6 +14,7 @@ A builder is made from config.data (`get(data_config)`) and declares:
   decode(raw)           a raw record -> a python example (texts as str, "image" as the builder keeps it)
   MEMOIZE               whether decoded training examples are kept in memory (small data) or decoded each time
   train_image(example, rng) -> uint8 [S, S, 3]: the training image, augmented as the builder does
+  RELATION_TWINS        whether relation_twin(example, rng) gives a scene's mirrored counterfactual twin
   train_arrays()        (uint8 [N, S, S] or [N, S, S, 3] images, int32 [N] labels) of a labelled train split held in
                         memory, whose batches the pipeline gathers whole (augment_choices, augment_batch); None: its
                         examples are read one by one
@@ -46,6 +47,7 @@ class Builder:
   LIST_FIELDS = ()
   MEMOIZE = True
   TOKENIZER = {}  # train_sentencepiece options
+  RELATION_TWINS = False  # whether relation_twin(example, rng) can mirror its scenes (config.data.relation_twins)
 
   def __init__(self, data_config):
     self.config = data_config
@@ -160,6 +162,11 @@ class ShapesBuilder(ScenesBuilder):
   """The shapes scenes; besides the prepared splits, "redrawn": as many scenes as the test split, drawn in shapes'
   "redrawn" style (other sizes, margin, background and renderer), generated when scored (nothing is stored)."""
   REDRAWN = "redrawn"
+  RELATION_TWINS = True
+
+  def relation_twin(self, example: dict, rng):
+    """(text, twin example, twin text) of a decoded training scene, or None: shapes.relation_twin."""
+    return shapes.relation_twin(example, rng)
 
   def make_tfds(self):
     from vlm_jax.data import shapes_tfds  # noqa: PLC0415  (tfds is imported only by the builders that use it)

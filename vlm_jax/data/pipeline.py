@@ -197,7 +197,8 @@ def _contrastive_features(example: dict, rng: np.random.Generator, tokenizer, ma
   """A true caption ('text') and the canonical caption ('caption'); with hard_negatives also 'text_negative',
   the text made false by a word swap (vlm_jax.data.negatives), and 'text_negative_valid' (0: the text has none).
 
-  'text' is, with probability relation_prob, one of the captions that state a spatial relation (uniformly; an
+  'text' is, for a scene of a pair of relation twins (config.data.relation_twins), the pair's relation statement
+  true of it; otherwise, with probability relation_prob, one of the captions that state a spatial relation (uniformly; an
   image without one skips this draw), else the canonical caption with probability canonical_prob, else uniformly
   one of all the true captions (canonical, count, relations): the mix decides which skills the contrastive towers
   practise. relation_prob 0 draws nothing for it (the stream of every run before the field). 'caption' (what a
@@ -205,7 +206,9 @@ def _contrastive_features(example: dict, rng: np.random.Generator, tokenizer, ma
   """
   captions = example["captions"]
   relations = [c for c in captions if negatives.states_relation(c)] if relation_prob > 0 else []
-  if relations and rng.random() < relation_prob:
+  if "twin_text" in example:  # one of a pair of relation twins (RelationTwins): the pair's statement, no draw
+    chosen = example["twin_text"]
+  elif relations and rng.random() < relation_prob:
     chosen = relations[rng.integers(len(relations))]
   elif rng.random() < canonical_prob:
     chosen = example["caption"]
@@ -317,6 +320,43 @@ def _array_batch(rows: np.ndarray, *, arrays, builder) -> dict:
   if batch.ndim == 3:
     batch = np.repeat(batch[..., None], 3, axis=-1)
   return {"image": builder.normalize(batch), "label": np.asarray(labels[rows[:, 0]], np.int32)}
+
+
+TWIN_STREAM = 0x7717  # the generators of RelationTwins' draws: (seed, TWIN_STREAM, pair index)
+
+
+class RelationTwins(grain.MapDataset):
+  """config.data.relation_twins = p: each pair of elements (2k, 2k+1) of the parent stream is, with probability p,
+  replaced by element 2k and its counterfactual twin (builder.relation_twin: the scene mirrored on one axis), each
+  carrying 'twin_text', a relation between the same two objects true of it and false of the other. Both images and
+  both texts then sit in one batch (the batch size is even), so the contrastive loss is fitted only by reading the
+  relation from the image: the pair is each other's hardest negative, on the text side and on the image side.
+  A scene without a clearly separated pair, or a skipped record, leaves its pair as it was. Every draw is a
+  function of (seed, pair index), so order, resumption and each process's part work as without twins.
+  """
+
+  def __init__(self, parent, *, builder, seed: int, share: float):
+    super().__init__(parent)
+    self._builder, self._seed, self._share = builder, seed, share
+
+  def __len__(self):
+    return len(self._parent)
+
+  def __getitem__(self, j):
+    if isinstance(j, slice):
+      return self.slice(j)
+    rng = np.random.default_rng([self._seed, TWIN_STREAM, j // 2])
+    if rng.random() >= self._share:
+      return self._parent[j]
+    first = self._parent[j - j % 2]
+    made = None if first is None else self._builder.relation_twin(first, rng)
+    if made is None:
+      return self._parent[j]
+    text, twin, twin_text = made
+    return {**first, "twin_text": text} if j % 2 == 0 else {**twin, "twin_text": twin_text}
+
+  def __str__(self):
+    return f"RelationTwins(share={self._share})"
 
 
 class ProcessPart(grain.MapDataset):
@@ -431,6 +471,13 @@ def train_iterator(data_config, tokenizer: Tokenizer | None, *, batch_size: int,
   # After repeat, the element index includes the epoch: new random choices every epoch; random choices are made
   # per global index, before each process takes its part, so they too are the same on any number of processes.
   dataset = dataset.filter(lambda example: example is not None).seed(seed).shuffle().repeat()
+  twins = data_config.get("relation_twins", 0.0)
+  if twins:
+    if task != "contrastive_caption" or not builder.RELATION_TWINS:
+      raise UserError(f"config.data.relation_twins={twins}: relation twins are made for contrastive_caption batches of "
+                      f"scenes that can be mirrored ({[n for n, b in datasets.BUILDERS.items() if b.RELATION_TWINS]}"
+                      f"), not for {task!r} batches of config.data.name={data_config.name!r}")
+    dataset = RelationTwins(dataset, builder=builder, seed=seed, share=twins)
   if arrays is None:
     dataset = dataset.random_map(functools.partial(
         _features, task=task, tokenizer=tokenizer, data_config=data_config, builder=builder))

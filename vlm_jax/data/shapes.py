@@ -283,6 +283,11 @@ def make_example(seed: int, split: str, index: int, image_size: int = 32, style:
   while objects is None:  # layouts rarely fail; retrying with the same rng stays deterministic
     pairs = _sample_pairs(rng, split, int(rng.integers(1, MAX_OBJECTS + 1)))
     objects = _place_objects(rng, pairs, image_size, drawing["size_scale"])
+  return _scene_example(rng, objects, image_size, background, drawing)
+
+
+def _scene_example(rng, objects: list[dict], image_size: int, background: int, drawing: dict) -> dict:
+  """Every field of the example of placed `objects` (sorted by x): image, scene, captions, negatives, questions."""
   margin = drawing["margin_at_32"] * image_size / 32
   clear = {axis: _clear_pairs(objects, axis, margin) for axis in ("x", "y")}
   caption = list_phrase(objects)
@@ -303,6 +308,49 @@ def make_example(seed: int, split: str, index: int, image_size: int = 32, style:
       "hardneg_above_below_pos": ab_pos, "hardneg_above_below_neg": ab_neg,
       "questions": questions, "answers": answers, "question_types": question_types,
   }
+
+
+# ----------------------------------------------------------------------------- relation twins
+
+def placed_objects(example: dict) -> list[dict]:
+  """The objects of a default-style example's scene, with their drawn half-extent 'r' (as _place_objects gives)."""
+  size = np.asarray(example["image"]).shape[0]
+  return [{**o, "r": max(1, round(SIZE_FRACTION[o["size"]] * size))} for o in json.loads(example["scene"])]
+
+
+def _background(image: np.ndarray, objects: list[dict]) -> int:
+  """The grey level of the first pixel (row-major) outside every object's bounding box."""
+  rows, cols = np.indices(image.shape[:2])
+  outside = np.ones(image.shape[:2], bool)
+  for o in objects:
+    outside &= (np.abs(cols - o["x"]) > o["r"]) | (np.abs(rows - o["y"]) > o["r"])
+  i, j = np.argwhere(outside)[0]
+  return int(image[i, j, 0])
+
+
+def relation_twin(example: dict, rng: np.random.Generator) -> tuple[str, dict, str] | None:
+  """A counterfactual twin of a default-style scene for one spatial relation (CounterCurate-style).
+
+  The twin is the same objects mirrored on one axis (centre x -> S-1-x, or y -> S-1-y), drawn anew by the same
+  renderer (shapes keep their orientation: a mirrored triangle still points up), so every relation on that axis
+  reverses and nothing else changes. Returns (text, twin example, twin text): a relation between two clearly
+  separated objects, true of `example`, and the same statement with the relation reversed, true of the twin; the
+  axis is drawn at random among those with such a pair. None when the scene has no clearly separated pair.
+  A batch holding both images and both texts can only be fitted by reading the relation from the image.
+  """
+  image = np.asarray(example["image"])
+  size = image.shape[0]
+  objects = placed_objects(example)
+  clear = {axis: _clear_pairs(objects, axis, RELATION_MARGIN_AT_32 * size / 32) for axis in ("x", "y")}
+  axes = [axis for axis in ("x", "y") if clear[axis]]
+  if not axes:
+    return None
+  axis = axes[rng.integers(len(axes))]
+  a, relation, b = true_relation(rng, clear[axis][rng.integers(len(clear[axis]))], axis)
+  mirrored = sorted(({**o, axis: size - 1 - o[axis]} for o in objects), key=lambda o: o["x"])
+  twin = _scene_example(rng, mirrored, size, _background(image, objects), STYLES["default"])
+  twin["image"] = np.asarray(twin["image"], np.uint8)
+  return relation_caption(a, relation, b), twin, relation_caption(a, reverse_relation(relation), b)
 
 
 HARDNEG_KINDS = ("count", "binding", "left_right", "above_below")
