@@ -411,6 +411,40 @@ def test_relation_twins_mirror_one_axis_and_reverse_exactly_its_relations():
   assert axes == {"x", "y"}
 
 
+def test_top_down_captions_name_every_object_from_top_to_bottom_and_each_link_is_true():
+  stated = 0
+  for e in examples("train", 300):
+    caption = shapes.top_down_caption(e)
+    objects = scene_objects(e)
+    if not caption:
+      ys = sorted(o["y"] for o in objects)
+      assert len(objects) < 2 or any(b - a < shapes.RELATION_MARGIN_AT_32 for a, b in zip(ys, ys[1:]))
+      continue
+    stated += 1
+    named = names_in(caption)
+    assert sorted(named) == sorted((o["color"], o["shape"]) for o in objects)  # every object, once
+    links = caption.split(" above ")
+    assert len(links) == len(objects)
+    assert all(relation_holds(e, f"{a} above {b}") for a, b in zip(links, links[1:]))
+  assert 50 < stated < 300
+
+
+def test_top_down_caption_prob_one_gives_the_chain_wherever_a_scene_has_one(data_config, sp_tokenizer):
+  # At 16 tokens a 4-object chain (17 with BOS and EOS) does not fit: such scenes keep the usual draw.
+  config = ml_collections.ConfigDict({**data_config.to_dict(), "top_down_caption_prob": 1.0, "max_text_len": 16})
+  batch = next(pipeline.train_iterator(config, sp_tokenizer, batch_size=32, seed=0, task="contrastive_caption"))
+  by_caption = {e["caption"]: e for e in examples("train", 256)}
+  chains = 0
+  for text, caption in zip(batch["text"], batch["caption"]):
+    example = by_caption[sp_tokenizer.decode(caption)]
+    chain = shapes.top_down_caption(example)
+    chain = "" if tokenizer_lib.tokenize(sp_tokenizer, chain, 16)[1] else chain  # never cut: too long, not drawn
+    assert not chain or len(sp_tokenizer.encode(chain)) <= 14
+    assert sp_tokenizer.decode(text) == chain if chain else sp_tokenizer.decode(text) in example["captions"]
+    chains += bool(chain)
+  assert 0 < chains < 32
+
+
 def test_relation_twins_fill_a_batch_with_pairs_told_apart_by_their_relation_only(data_config, sp_tokenizer):
   config = ml_collections.ConfigDict({**data_config.to_dict(), "relation_twins": 1.0})
   make = lambda: pipeline.train_iterator(config, sp_tokenizer, batch_size=32, seed=0, task="contrastive_caption")

@@ -71,6 +71,9 @@ def base_config() -> ml_collections.ConfigDict:
       # relation_twins: the share of contrastive examples that come as a scene and its counterfactual twin (the scene
       # mirrored on one axis, data.pipeline.RelationTwins), each with a relation true of it and false of the other.
       relation_twins=0.0,
+      # top_down_caption_prob: the share of contrastive texts (drawn before the canonical caption) that name a scene's
+      # objects from top to bottom, chained by "above", where each lies clearly below the previous (shapes).
+      top_down_caption_prob=0.0,
       # decoder_caption: what a captioner (CoCa's decoder) learns to write: "canonical" the scene's canonical caption,
       # "text" the caption the contrastive towers get (so relation and count captions too).
       decoder_caption="canonical",
@@ -208,7 +211,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.model.vision.posemb == "sincos2d" and config.model.vision.width % 4:
     raise UserError(f"config.model.vision.width={config.model.vision.width} must be a multiple of 4 for "
                     "sincos2d position embeddings")
-  for key in ("canonical_caption_prob", "relation_caption_prob", "relation_twins", "vqa_caption_prob"):
+  for key in ("canonical_caption_prob", "relation_caption_prob", "relation_twins", "top_down_caption_prob",
+              "vqa_caption_prob"):
     value = config.data.get(key, 0.0)
     if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
       raise UserError(f"config.data.{key}={value!r} must be a probability in [0, 1]")

@@ -14,7 +14,8 @@ A builder is made from config.data (`get(data_config)`) and declares:
   decode(raw)           a raw record -> a python example (texts as str, "image" as the builder keeps it)
   MEMOIZE               whether decoded training examples are kept in memory (small data) or decoded each time
   train_image(example, rng) -> uint8 [S, S, 3]: the training image, augmented as the builder does
-  RELATION_TWINS        whether relation_twin(example, rng) gives a scene's mirrored counterfactual twin
+  RELATION_TWINS        whether relation_twin(example, rng) gives a scene's mirrored counterfactual twin, and
+                        top_down_caption(example) its objects named top to bottom
   train_arrays()        (uint8 [N, S, S] or [N, S, S, 3] images, int32 [N] labels) of a labelled train split held in
                         memory, whose batches the pipeline gathers whole (augment_choices, augment_batch); None: its
                         examples are read one by one
@@ -47,7 +48,9 @@ class Builder:
   LIST_FIELDS = ()
   MEMOIZE = True
   TOKENIZER = {}  # train_sentencepiece options
-  RELATION_TWINS = False  # whether relation_twin(example, rng) can mirror its scenes (config.data.relation_twins)
+  # Whether relation_twin(example, rng) mirrors its scenes (config.data.relation_twins) and top_down_caption(example)
+  # names their objects top to bottom (config.data.top_down_caption_prob).
+  RELATION_TWINS = False
 
   def __init__(self, data_config):
     self.config = data_config
@@ -163,6 +166,10 @@ class ShapesBuilder(ScenesBuilder):
   "redrawn" style (other sizes, margin, background and renderer), generated when scored (nothing is stored)."""
   REDRAWN = "redrawn"
   RELATION_TWINS = True
+
+  def top_down_caption(self, example: dict) -> str:
+    """A decoded scene's objects named from top to bottom, or "": shapes.top_down_caption."""
+    return shapes.top_down_caption(example)
 
   def relation_twin(self, example: dict, rng):
     """(text, twin example, twin text) of a decoded training scene, or None: shapes.relation_twin."""

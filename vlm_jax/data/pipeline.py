@@ -193,12 +193,13 @@ HARD_NEGATIVE_FEATURES = ("text_negative", "text_negative_valid")  # config.data
 
 def _contrastive_features(example: dict, rng: np.random.Generator, tokenizer, max_len: int,
                           canonical_prob: float = 0.0, hard_negatives: bool = False, relation_prob: float = 0.0,
-                          decoder_caption: str = "canonical"):
+                          decoder_caption: str = "canonical", top_down_prob: float = 0.0, builder=None):
   """A true caption ('text') and the canonical caption ('caption'); with hard_negatives also 'text_negative',
   the text made false by a word swap (vlm_jax.data.negatives), and 'text_negative_valid' (0: the text has none).
 
   'text' is, for a scene of a pair of relation twins (config.data.relation_twins), the pair's relation statement
-  true of it; otherwise, with probability relation_prob, one of the captions that state a spatial relation (uniformly; an
+  true of it; otherwise, with probability top_down_prob, the scene's objects named top to bottom
+  (builder.top_down_caption; a scene without such a chain, or with one longer than max_len, skips this draw); otherwise, with probability relation_prob, one of the captions that state a spatial relation (uniformly; an
   image without one skips this draw), else the canonical caption with probability canonical_prob, else uniformly
   one of all the true captions (canonical, count, relations): the mix decides which skills the contrastive towers
   practise. relation_prob 0 draws nothing for it (the stream of every run before the field). 'caption' (what a
@@ -206,10 +207,15 @@ def _contrastive_features(example: dict, rng: np.random.Generator, tokenizer, ma
   """
   captions = example["captions"]
   relations = [c for c in captions if negatives.states_relation(c)] if relation_prob > 0 else []
+  top_down = builder.top_down_caption(example) if top_down_prob > 0 else ""
+  if top_down and tokenize(tokenizer, top_down, max_len)[1]:
+    top_down = ""  # a chain cut short would leave an object half named: the scene skips this draw
   if "twin_text" in example:  # one of a pair of relation twins (RelationTwins): the pair's statement, no draw
     chosen = example["twin_text"]
   elif relations and rng.random() < relation_prob:
     chosen = relations[rng.integers(len(relations))]
+  elif top_down and rng.random() < top_down_prob:
+    chosen = top_down
   elif rng.random() < canonical_prob:
     chosen = example["caption"]
   else:
@@ -297,7 +303,8 @@ def _features(raw: dict, rng: np.random.Generator, *, task: str, tokenizer, data
                                  data_config.get("canonical_caption_prob", 0.0),
                                  data_config.get("hard_negatives", False),
                                  data_config.get("relation_caption_prob", 0.0),
-                                 data_config.get("decoder_caption", "canonical"))
+                                 data_config.get("decoder_caption", "canonical"),
+                                 data_config.get("top_down_caption_prob", 0.0), builder)
   return _vqa_features(example, rng, tokenizer, data_config.max_text_len,
                        data_config.vqa_caption_prob)
 
@@ -478,6 +485,9 @@ def train_iterator(data_config, tokenizer: Tokenizer | None, *, batch_size: int,
                       f"scenes that can be mirrored ({[n for n, b in datasets.BUILDERS.items() if b.RELATION_TWINS]}"
                       f"), not for {task!r} batches of config.data.name={data_config.name!r}")
     dataset = RelationTwins(dataset, builder=builder, seed=seed, share=twins)
+  if data_config.get("top_down_caption_prob", 0.0) and not builder.RELATION_TWINS:
+    raise UserError(f"config.data.top_down_caption_prob={data_config.top_down_caption_prob}: config.data.name="
+                    f"{data_config.name!r} has no top-down captions (only {[n for n, b in datasets.BUILDERS.items() if b.RELATION_TWINS]})")
   if arrays is None:
     dataset = dataset.random_map(functools.partial(
         _features, task=task, tokenizer=tokenizer, data_config=data_config, builder=builder))

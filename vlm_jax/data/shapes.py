@@ -310,6 +310,17 @@ def _scene_example(rng, objects: list[dict], image_size: int, background: int, d
   }
 
 
+def top_down_caption(example: dict) -> str:
+  """The objects of a default-style scene named from top to bottom, chained by "above" ("a blue square above a red
+  circle above a green triangle"): the vertical counterpart of the canonical caption (which lists them left to
+  right); "" unless the scene has 2+ objects, each clearly (RELATION_MARGIN_AT_32) below the one before."""
+  objects = sorted(placed_objects(example), key=lambda o: o["y"])
+  margin = RELATION_MARGIN_AT_32 * np.asarray(example["image"]).shape[0] / 32
+  if len(objects) < 2 or any(b["y"] - a["y"] < margin for a, b in zip(objects, objects[1:])):
+    return ""
+  return " above ".join(with_article(object_name(o)) for o in objects)
+
+
 # ----------------------------------------------------------------------------- relation twins
 
 def placed_objects(example: dict) -> list[dict]:
