@@ -73,6 +73,20 @@ def test_vit_positions_make_the_encoding_depend_on_where_a_patch_is(posemb):
   assert float(jnp.max(jnp.abs(tokens[0, 0] - tokens[0, 5]))) > 1e-3
 
 
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_a_pixel_on_a_patch_border_reaches_one_token_by_patches_and_its_neighbours_by_the_conv_stem(stem):
+  model = small_vit(patch_size=7, stem=stem, pool="none", depth=1)
+  images = np.zeros((1, 28, 28, 3), np.float32)
+  params = model.init(jax.random.key(0), images)
+  stem_tokens = lambda x: model.apply(params, x)[1]["stem"]
+  chex.assert_shape(stem_tokens(images), (1, 16, 16))  # the 4 x 4 patch grid either way
+  changed = np.abs(stem_tokens(images.copy() + np.pad(np.ones((1, 1, 1, 3)), ((0, 0), (6, 21), (6, 21), (0, 0))))
+                   - stem_tokens(images))
+  touched = sorted(np.flatnonzero(changed[0].max(axis=-1) > 0).tolist())
+  # Pixel (6, 6) is the last of patch (0, 0); the convolutions' windows overlap into patches (0, 1), (1, 0), (1, 1).
+  assert touched == ([0] if stem == "patch" else [0, 1, 4, 5])
+
+
 def test_vit_compute_dtype_bfloat16_keeps_float32_params():
   model = small_vit(dtype=jnp.bfloat16)
   (output, _), variables = model.init_with_output(jax.random.key(0), random_images(0))

@@ -85,6 +85,19 @@ def test_a_model_cannot_train_on_a_dataset_without_its_batches():
     run_config.validate(config)
 
 
+def test_a_conv_stem_that_misses_the_patch_grid_or_an_unknown_stem_is_refused_naming_the_key():
+  config = tiny_config("coca")
+  config.model.vision.stem = "conv"
+  config.data.image_size, config.model.vision.patch_size = 28, 7
+  run_config.validate(config)  # 28 -> 14 -> 7 -> 4 = 28 / 7
+  config.data.image_size = 98  # 98 -> 49 -> 25 -> 13, not 14
+  with pytest.raises(UserError, match=r"config.model.vision.stem='conv' turns a 98 px image into a 13-wide grid"):
+    run_config.validate(config)
+  config.model.vision.stem = "convnext"
+  with pytest.raises(UserError, match=r"config.model.vision.stem='convnext' is not one of"):
+    models.build_model(config.model, vocab_size=50, max_len=8, eos_id=2, pad_id=0)
+
+
 def test_caption_mix_fields_out_of_range_are_refused_naming_their_key():
   config = tiny_config("two_tower")
   config.data.relation_caption_prob = 1.5

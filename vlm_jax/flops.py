@@ -66,7 +66,16 @@ def block_flops(tokens: int, width: int, mlp_dim: int, cross_keys: int = 0, cros
 def vit_forward_flops(vision, image_size: int) -> int:
   n = (image_size // vision.patch_size) ** 2
   tokens = n + int(vision.cls_token)
-  flops = dense_flops(n, vision.patch_size ** 2 * 3, vision.width)
+  if vision.get("stem", "patch") == "conv":
+    from vlm_jax.models import vit  # noqa: PLC0415  (here: vit imports flax)
+    side, inputs, flops = image_size, 3, 0
+    for channels in vit.conv_stem_channels(vision.patch_size, vision.width):
+      side = -(-side // 2)
+      flops += dense_flops(side * side, 9 * inputs, channels)
+      inputs = channels
+    flops += dense_flops(n, inputs, vision.width)
+  else:
+    flops = dense_flops(n, vision.patch_size ** 2 * 3, vision.width)
   flops += vision.depth * block_flops(tokens, vision.width, vision.mlp_dim)
   if vision.pool == "map":
     flops += attention_flops(1, tokens, vision.width) + 2 * dense_flops(1, vision.width, vision.mlp_dim)

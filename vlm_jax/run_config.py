@@ -99,9 +99,10 @@ def base_config() -> ml_collections.ConfigDict:
       logit_scale_init=2.6592600, logit_bias_init=0.0,  # ln(1/0.07): CLIP's initial temperature
       num_classes=10))  # vit_classifier only
   # activation: one of layers.ACTIVATIONS (CLIP: quick_gelu, SigLIP: gelu); pre_norm: CLIP's LayerNorm before the
-  # blocks; layer_norm_eps: every LayerNorm of the tower.
+  # blocks; layer_norm_eps: every LayerNorm of the tower. stem: "patch" (each patch's pixels, linearly embedded) or
+  # "conv" (3x3 stride-2 convolutions down to the patch grid, then the same embedding: models/vit.py).
   c.model.vision = ml_collections.ConfigDict(dict(
-      patch_size=4, width=96, depth=3, num_heads=3, mlp_dim=256, posemb="sincos2d", cls_token=False,
+      patch_size=4, stem="patch", width=96, depth=3, num_heads=3, mlp_dim=256, posemb="sincos2d", cls_token=False,
       pool="gap", activation="gelu", layer_norm_eps=1e-6, pre_norm=False))
   # The text decoder as a CLIP-style tower (these defaults) or as a Llama: norm="rmsnorm", mlp="swiglu",
   # posemb="rope", num_kv_heads < num_heads, use_bias=False, tied_embedding=False.
@@ -245,6 +246,12 @@ def _validate_for_model(config) -> None:
   """What the model's module declares: batches the dataset can give, loss terms, evaluators."""
   # Here, not at the top: config files import this module, and the models import jax.
   from vlm_jax import losses, models  # noqa: PLC0415
+  from vlm_jax.models import vit  # noqa: PLC0415
+  size, patch = config.data.image_size, config.model.vision.patch_size
+  if config.model.vision.get("stem", "patch") == "conv" and vit.conv_stem_grid(size, patch) != size // patch:
+    raise UserError(f"config.model.vision.stem='conv' turns a {size} px image into a {vit.conv_stem_grid(size, patch)}"
+                    f"-wide grid, not the {size // patch} of config.model.vision.patch_size={patch}: choose an image "
+                    "size whose halvings end on the patch grid (28 / 7, 32 / 4, 224 / 16)")
   from vlm_jax.data import datasets  # noqa: PLC0415
   from vlm_jax.evaluators import specs  # noqa: PLC0415
   name = config.model.name

@@ -10,7 +10,7 @@ import ml_collections
 from vlm_jax.errors import UserError
 from vlm_jax.models import layers, text as text_module
 from vlm_jax.models.text import TextTransformer
-from vlm_jax.models.vit import ViT
+from vlm_jax.models.vit import STEMS, ViT
 
 # float64 is for numerical tests (needs jax_enable_x64): "same math" compared without float32 rounding noise.
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
@@ -50,7 +50,9 @@ def vit_fields(vision: ml_collections.ConfigDict) -> dict:
   """The block fields of config.model.vision (absent in configs written before them: today's defaults);
   a CLIP or SigLIP tower from Hugging Face sets them (vlm_jax.llava_recipe)."""
   fields = dict(activation=vision.get("activation", "gelu"), layer_norm_eps=float(vision.get("layer_norm_eps", 1e-6)),
-                pre_norm=bool(vision.get("pre_norm", False)))
+                pre_norm=bool(vision.get("pre_norm", False)), stem=vision.get("stem", "patch"))
+  if fields["stem"] not in STEMS:
+    raise UserError(f"config.model.vision.stem={fields['stem']!r} is not one of {STEMS}")
   if fields["activation"] not in layers.ACTIVATIONS:
     raise UserError(f"config.model.vision.activation={fields['activation']!r} is not one of "
                     f"{sorted(layers.ACTIVATIONS)}")

@@ -2,7 +2,11 @@
 
 Data flow: image float[B, H, W, 3] -> patches float[B, N, p*p*3] -> Dense -> + positions -> (CLS) ->
 pre-LN Transformer -> LayerNorm -> pooled float[B, D] (or all tokens float[B, N(+1), D] with pool="none").
+With stem="conv" the patches are the output of a few 3x3 stride-2 convolutions instead (Xiao et al. 2021, "Early
+convolutions help transformers see better"): the same N tokens, each seeing overlapping pixels.
 """
+
+import math
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -12,6 +16,22 @@ from vlm_jax.models import layers
 
 POOL_TYPES = ("cls", "gap", "map", "none")
 POSEMB_TYPES = ("sincos2d", "learned", "learned_with_cls")
+STEMS = ("patch", "conv")
+
+
+def conv_stem_channels(patch_size: int, width: int) -> list:
+  """The output channels of stem="conv"'s 3x3 stride-2 convolutions: ceil(log2 p) of them (an image side S
+  becomes ceil(S / 2^n), S / p where the patch grid fits), doubling up to `width` (patch 7, width 96: 24, 48, 96)."""
+  n = max(1, math.ceil(math.log2(patch_size)))
+  return [max(8, width >> (n - 1 - i)) for i in range(n)]
+
+
+def conv_stem_grid(image_size: int, patch_size: int) -> int:
+  """The side of the token grid stem="conv" makes of an image of side image_size (SAME padding, stride 2)."""
+  side = image_size
+  for _ in conv_stem_channels(patch_size, 8):
+    side = -(-side // 2)
+  return side
 
 
 def posemb_sincos_2d(height: int, width: int, dim: int, temperature: float = 10_000.0) -> np.ndarray:
@@ -74,7 +94,7 @@ class MAPHead(nn.Module):
 class ViT(nn.Module):
   """Vision Transformer. Returns (output, out): output is float[B, D] pooled, or all tokens if pool="none".
 
-  out holds named intermediates: "patches", "stem" (patch embeddings before positions), "embedded" (the tokens
+  out holds named intermediates: "patches" (stem="conv": the convolutions' output tokens), "stem" (patch embeddings before positions), "embedded" (the tokens
   the blocks read: with positions, CLS and pre-norm), "blocks"
   float[depth, B, N, D] (the tokens after each block; one by one as "block_NN"), "encoded" (all tokens
   after the final LayerNorm), "pre_logits" (the pooled output). scan=True runs the blocks as one nn.scan
@@ -85,6 +105,7 @@ class ViT(nn.Module):
   is exactly CLIP's `post_layernorm` on the pooled output (LayerNorm acts on each token alone).
   """
   patch_size: int = 4
+  stem: str = "patch"  # one of STEMS
   width: int = 96
   depth: int = 3
   num_heads: int = 3
@@ -109,7 +130,21 @@ class ViT(nn.Module):
     out = {}
     _, h, w, _ = images.shape
     grid_h, grid_w = h // self.patch_size, w // self.patch_size
-    patches = patchify(images.astype(self.dtype), self.patch_size)
+    if self.stem == "conv":
+      patches = images.astype(self.dtype)
+      for i, channels in enumerate(conv_stem_channels(self.patch_size, self.width)):
+        conv = nn.Conv(channels, (3, 3), strides=2, padding="SAME", dtype=self.dtype, name=f"stem_conv_{i}",
+                       kernel_init=layers.partitioned(nn.initializers.he_normal(), (None, None, None, "mlp")),
+                       bias_init=layers.partitioned(nn.initializers.zeros, ("mlp",)))
+        patches = layers.ACTIVATIONS[self.activation](conv(patches))
+      if patches.shape[1:3] != (grid_h, grid_w):
+        raise ValueError(f"stem='conv' makes a {patches.shape[1]}x{patches.shape[2]} grid of a {h}x{w} image, not the "
+                         f"{grid_h}x{grid_w} of patch size {self.patch_size}")
+      patches = patches.reshape(patches.shape[0], grid_h * grid_w, patches.shape[-1])
+    elif self.stem == "patch":
+      patches = patchify(images.astype(self.dtype), self.patch_size)
+    else:
+      raise ValueError(f"unknown stem {self.stem!r}; expected one of {STEMS}")
     out["patches"] = patches
     x = layers.dense(self.width, ("patch", "embed"), self.dtype, "embedding")(patches)
     out["stem"] = x

@@ -64,6 +64,8 @@ def vision_tower(vision, image_size: int, two_tower: bool, embed_dim: int = 0) -
   problems = []
   if activation not in hf_configs.VLM_JAX_ACTIVATIONS:
     problems.append(f"config.model.vision.activation={activation!r}")
+  if v.get("stem", "patch") != "patch":
+    problems.append(f"config.model.vision.stem={v.stem!r} (CLIP and SigLIP embed patches: stem='patch')")
   if v.posemb == "learned_with_cls" and v.cls_token:
     kind, module = "clip", hf_clip
     if not v.get("pre_norm", False):
