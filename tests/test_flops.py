@@ -50,12 +50,14 @@ def test_dense_flops_are_two_per_weight_per_token_of_the_built_model():
 
 def test_the_conv_stem_counts_two_flops_per_kernel_weight_per_output_position_of_the_built_tower():
   config = base_config()
-  config.model.vision.update(patch_size=7, stem="conv", width=32, depth=1, num_heads=2, mlp_dim=64)
+  config.model.vision.update(patch_size=7, stem="conv", stem_width=48, width=32, depth=1, num_heads=2, mlp_dim=64)
   patch = base_config().model.vision
   patch.update(patch_size=7, width=32, depth=1, num_heads=2, mlp_dim=64)
   model = models.towers.build_vit(config.model.vision, np.float32, scan=False)
   shapes = nn.meta.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 28, 28, 3))))["params"])
-  # SAME padding, stride 2: 28 -> 14 -> 7 -> 4 positions a side, each a full 3 x 3 window (padding included).
+  # SAME padding, stride 2: 28 -> 14 -> 7 -> 4 positions a side, each a full 3 x 3 window (padding included);
+  # channels 12, 24, 48 (stem_width 48), then the embedding to the width 32.
+  assert [shapes[f"stem_conv_{i}"]["kernel"].shape[-1] for i in range(3)] == [12, 24, 48]
   convs = sum(2 * side * side * int(np.prod(shapes[f"stem_conv_{i}"]["kernel"].shape))
               for i, side in enumerate((14, 7, 4)))
   embedding = 2 * 16 * int(np.prod(shapes["embedding"]["kernel"].shape))

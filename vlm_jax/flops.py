@@ -69,7 +69,7 @@ def vit_forward_flops(vision, image_size: int) -> int:
   if vision.get("stem", "patch") == "conv":
     from vlm_jax.models import vit  # noqa: PLC0415  (here: vit imports flax)
     side, inputs, flops = image_size, 3, 0
-    for channels in vit.conv_stem_channels(vision.patch_size, vision.width):
+    for channels in vit.conv_stem_channels(vision.patch_size, vision.get("stem_width", 0) or vision.width):
       side = -(-side // 2)
       flops += dense_flops(side * side, 9 * inputs, channels)
       inputs = channels

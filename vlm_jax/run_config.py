@@ -100,9 +100,10 @@ def base_config() -> ml_collections.ConfigDict:
       num_classes=10))  # vit_classifier only
   # activation: one of layers.ACTIVATIONS (CLIP: quick_gelu, SigLIP: gelu); pre_norm: CLIP's LayerNorm before the
   # blocks; layer_norm_eps: every LayerNorm of the tower. stem: "patch" (each patch's pixels, linearly embedded) or
-  # "conv" (3x3 stride-2 convolutions down to the patch grid, then the same embedding: models/vit.py).
+  # "conv" (3x3 stride-2 convolutions down to the patch grid, then the same embedding: models/vit.py), the last with
+  # stem_width channels (0: width), each one before it half as many.
   c.model.vision = ml_collections.ConfigDict(dict(
-      patch_size=4, stem="patch", width=96, depth=3, num_heads=3, mlp_dim=256, posemb="sincos2d", cls_token=False,
+      patch_size=4, stem="patch", stem_width=0, width=96, depth=3, num_heads=3, mlp_dim=256, posemb="sincos2d", cls_token=False,
       pool="gap", activation="gelu", layer_norm_eps=1e-6, pre_norm=False))
   # The text decoder as a CLIP-style tower (these defaults) or as a Llama: norm="rmsnorm", mlp="swiglu",
   # posemb="rope", num_kv_heads < num_heads, use_bias=False, tied_embedding=False.

@@ -50,7 +50,7 @@ def vit_fields(vision: ml_collections.ConfigDict) -> dict:
   """The block fields of config.model.vision (absent in configs written before them: today's defaults);
   a CLIP or SigLIP tower from Hugging Face sets them (vlm_jax.llava_recipe)."""
   fields = dict(activation=vision.get("activation", "gelu"), layer_norm_eps=float(vision.get("layer_norm_eps", 1e-6)),
-                pre_norm=bool(vision.get("pre_norm", False)), stem=vision.get("stem", "patch"))
+                pre_norm=bool(vision.get("pre_norm", False)), stem=vision.get("stem", "patch"), stem_width=int(vision.get("stem_width", 0)))
   if fields["stem"] not in STEMS:
     raise UserError(f"config.model.vision.stem={fields['stem']!r} is not one of {STEMS}")
   if fields["activation"] not in layers.ACTIVATIONS:

@@ -21,7 +21,7 @@ STEMS = ("patch", "conv")
 
 def conv_stem_channels(patch_size: int, width: int) -> list:
   """The output channels of stem="conv"'s 3x3 stride-2 convolutions: ceil(log2 p) of them (an image side S
-  becomes ceil(S / 2^n), S / p where the patch grid fits), doubling up to `width` (patch 7, width 96: 24, 48, 96)."""
+  becomes ceil(S / 2^n), S / p where the patch grid fits), doubling up to `width` (patch 7, width 64: 16, 32, 64)."""
   n = max(1, math.ceil(math.log2(patch_size)))
   return [max(8, width >> (n - 1 - i)) for i in range(n)]
 
@@ -106,6 +106,7 @@ class ViT(nn.Module):
   """
   patch_size: int = 4
   stem: str = "patch"  # one of STEMS
+  stem_width: int = 0  # stem="conv": the channels of its last convolution (conv_stem_channels); 0: width
   width: int = 96
   depth: int = 3
   num_heads: int = 3
@@ -132,7 +133,7 @@ class ViT(nn.Module):
     grid_h, grid_w = h // self.patch_size, w // self.patch_size
     if self.stem == "conv":
       patches = images.astype(self.dtype)
-      for i, channels in enumerate(conv_stem_channels(self.patch_size, self.width)):
+      for i, channels in enumerate(conv_stem_channels(self.patch_size, self.stem_width or self.width)):
         conv = nn.Conv(channels, (3, 3), strides=2, padding="SAME", dtype=self.dtype, name=f"stem_conv_{i}",
                        kernel_init=layers.partitioned(nn.initializers.he_normal(), (None, None, None, "mlp")),
                        bias_init=layers.partitioned(nn.initializers.zeros, ("mlp",)))
