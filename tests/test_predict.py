@@ -141,3 +141,22 @@ def test_a_two_tower_model_cannot_caption():
     inference.task_for("two_tower", None, None)
   assert inference.task_for("coca", None, None) == "caption"
   assert inference.task_for("prefix_lm", "why?", None) == "answer"
+
+
+def test_the_order_probe_command_writes_both_axes_for_a_contrastive_workdir_and_refuses_a_missing_one(
+    coca_workdir, tmp_path, capsys):
+  """scripts/order_probe.py (vlm_jax/probes.py) on a random-init CoCa: a result per axis, in [0, 1]."""
+  import importlib.util
+  workdir = shutil.copytree(coca_workdir, tmp_path / "coca")
+  spec = importlib.util.spec_from_file_location(
+      "order_probe", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts",
+                                  "order_probe.py"))
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  assert script.main([str(workdir), "--scenes", "120"]) == 0
+  with open(os.path.join(workdir, "order_probe.json")) as f:
+    result = json.load(f)
+  assert set(result) == {"order_probe/x", "order_probe/y", "order_probe/x/train", "order_probe/y/train"}
+  assert all(0.0 <= v <= 1.0 for v in result.values())
+  assert script.main([str(tmp_path / "none")]) == 1
+  assert capsys.readouterr().err.strip().startswith("order_probe: error: no checkpoints in")
