@@ -27,13 +27,16 @@ def get_config(arg=None):
   config.model.name = "vit_classifier"
   config.model.num_classes = 10
   config.model.vision.patch_size = 7  # 4 x 4 = 16 tokens
+  # Three 3x3 stride-2 convolutions (24, 48, 96 channels) make the 4 x 4 tokens instead of one linear map per patch:
+  # +0.014 test accuracy at the same steps, for ~1.5x the step (experiments/README.md, the Fashion-MNIST baseline).
+  config.model.vision.stem = "conv"
   config.loss.contrastive = ""
   config.loss.caption_weight = 0.0
   # The ablation (experiments/README.md): more steps of this tower beat a wider or deeper one, batch 64, crop_flip,
   # label smoothing, MAP pooling and learned positions at the same CPU time.
-  config.total_steps = 4500
-  config.eval_every_steps = 1500  # validation accuracy at 1500 and 3000 (1 s each)
-  config.checkpoint_every_steps = 1500
+  config.total_steps = 3000
+  config.eval_every_steps = 1000  # validation accuracy at 1000 and 2000 (1 s each)
+  config.checkpoint_every_steps = 1000
   config.eval.extra_splits = ()
   config.evals.classification = dict(type="classification")
   return config

@@ -8,7 +8,12 @@ threshold is free there: so every step writes to pages the kernel has to fault i
 core, 0.091 s a step with glibc's defaults, 0.056-0.059 s without mmap and trimming (experiments/README.md).
 
 `keep_freed_memory()` turns both off (mallopt M_MMAP_MAX 0, M_TRIM_THRESHOLD 2 GB): freed blocks stay in the
-heap and the next step reuses them. The price: the process keeps its peak heap (up to 2 GB of free top) mapped.
+heap and the next step reuses them. It also puts every thread on the one main arena (M_ARENA_MAX 1): XLA:CPU's
+worker threads otherwise allocate from arenas of their own, whose heaps are mapped and faulted in anew as the work
+moves between threads; with a convolution stem (config.model.vision.stem="conv") that was still ~12 000 faults a
+step: 600 steps of the Fashion-MNIST ViT, one core, 10.8 M page faults and 106 CPU s -> 0.17 M and 65 CPU s (the
+patch stem: 3.6 M and 60 CPU s -> 0.16 M and 45 CPU s; experiments/README.md). The price: the process keeps its
+peak heap (up to 2 GB of free top) mapped, and threads take one lock to allocate.
 The CLIs (vlm_jax/cli.py, vlm_jax/benchmark.py) call it through `keep_freed_memory_on_cpu()`. It does
 nothing where the C library has no mallopt (not glibc), where $VLM_JAX_HOST_MALLOC is "system", or where the
 user tunes glibc's malloc through its own MALLOC_* variables.
@@ -18,7 +23,7 @@ import ctypes
 import os
 
 ENV = "VLM_JAX_HOST_MALLOC"  # "system": leave glibc's malloc as it is
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # glibc's mallopt parameters (malloc.h)
 TRIM_THRESHOLD = 2 ** 31 - 1  # mallopt takes an int: free top memory is given back only past 2 GB
 _APPLIED = []
 
@@ -36,7 +41,8 @@ def keep_freed_memory() -> bool:
     return False
   mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
   # glibc returns 1 on success; musl's stub returns 0 and changes nothing.
-  if mallopt(M_MMAP_MAX, 0) != 1 or mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) != 1:
+  if (mallopt(M_MMAP_MAX, 0) != 1 or mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) != 1
+      or mallopt(M_ARENA_MAX, 1) != 1):
     return False
   _APPLIED.append(True)
   return True
