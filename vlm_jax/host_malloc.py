@@ -28,21 +28,27 @@ TRIM_THRESHOLD = 2 ** 31 - 1  # mallopt takes an int: free top memory is given b
 _APPLIED = []
 
 
-def keep_freed_memory() -> bool:
-  """Sets glibc's malloc to keep freed memory for reuse (see the module docstring); True if it did (now or in an
-  earlier call), False where it does not apply."""
-  if _APPLIED:
-    return True
+def _mallopt():
+  """glibc's mallopt, or None where it must not or cannot be used (the opt-outs of the module docstring)."""
   if os.environ.get(ENV, "") == "system" or any(key.startswith("MALLOC_") for key in os.environ):
-    return False
+    return None
   try:
     mallopt = ctypes.CDLL(None).mallopt
   except (OSError, AttributeError):  # no C library to load, or one without mallopt
-    return False
+    return None
   mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+  return mallopt
+
+
+def keep_freed_memory() -> bool:
+  """Sets glibc's malloc to keep freed memory for reuse (see the module docstring); True if it did (now or in an
+  earlier call), False where it does not apply. Threads that allocated before keep their own arenas."""
+  if _APPLIED:
+    return True
+  mallopt = _mallopt()
   # glibc returns 1 on success; musl's stub returns 0 and changes nothing.
-  if (mallopt(M_MMAP_MAX, 0) != 1 or mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) != 1
-      or mallopt(M_ARENA_MAX, 1) != 1):
+  if mallopt is None or (mallopt(M_MMAP_MAX, 0) != 1 or mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) != 1
+                         or mallopt(M_ARENA_MAX, 1) != 1):
     return False
   _APPLIED.append(True)
   return True
@@ -50,6 +56,15 @@ def keep_freed_memory() -> bool:
 
 def keep_freed_memory_on_cpu() -> bool:
   """keep_freed_memory() where jax's default backend is the CPU (XLA:CPU's per-step buffers live in this heap);
-  False, changing nothing, on an accelerator."""
+  False, changing nothing, on an accelerator. Call it before jax starts its backend: the one-arena setting is made
+  first, so that XLA:CPU's worker threads, started with the backend, allocate from the main arena too (an accelerator
+  backend gets glibc's default back)."""
+  mallopt = None if _APPLIED else _mallopt()
+  if mallopt is not None:
+    mallopt(M_ARENA_MAX, 1)
   import jax  # noqa: PLC0415 (keep_freed_memory itself needs no jax)
-  return jax.default_backend() == "cpu" and keep_freed_memory()
+  if jax.default_backend() == "cpu":
+    return keep_freed_memory()
+  if mallopt is not None:
+    mallopt(M_ARENA_MAX, 0)  # glibc's default: arenas as the threads need them
+  return False
