@@ -468,7 +468,8 @@ def test_relation_twins_fill_a_batch_with_pairs_told_apart_by_their_relation_onl
   resumed = make()
   resumed.set_state(state)
   assert_batches_equal(expected, take(resumed, 2))
-  with pytest.raises(UserError, match=r"config.data.relation_twins=1.0: relation twins are made for contrastive_caption"):
+  with pytest.raises(UserError,
+                     match=r"config.data.relation_twins=1.0: relation twins are made for contrastive_caption"):
     pipeline.train_iterator(config, sp_tokenizer, batch_size=32, seed=0, task="vqa")
 
 

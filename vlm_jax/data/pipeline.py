@@ -198,16 +198,17 @@ def _contrastive_features(example: dict, rng: np.random.Generator, tokenizer, ma
   the text made false by a word swap (vlm_jax.data.negatives), and 'text_negative_valid' (0: the text has none).
 
   'text' is, for a scene of a pair of relation twins (config.data.relation_twins), the pair's relation statement
-  true of it; otherwise, with probability top_down_prob, the scene's objects named top to bottom
-  (builder.top_down_caption; a scene without such a chain, or with one longer than max_len, skips this draw); otherwise, with probability relation_prob, one of the captions that state a spatial relation (uniformly; an
-  image without one skips this draw), else the canonical caption with probability canonical_prob, else uniformly
+  true of it; otherwise, with probability relation_prob, one of the captions that state a spatial relation
+  (uniformly; an image without one skips this draw); otherwise, with probability top_down_prob, the scene's objects
+  named top to bottom (builder.top_down_caption; a scene without such a chain, or with one longer than max_len,
+  skips this draw), else the canonical caption with probability canonical_prob, else uniformly
   one of all the true captions (canonical, count, relations): the mix decides which skills the contrastive towers
   practise. relation_prob 0 draws nothing for it (the stream of every run before the field). 'caption' (what a
   captioner learns to write) is the canonical caption, or with decoder_caption "text" the same text as 'text'.
   """
   captions = example["captions"]
   relations = [c for c in captions if negatives.states_relation(c)] if relation_prob > 0 else []
-  top_down = builder.top_down_caption(example) if top_down_prob > 0 else ""
+  top_down = builder.top_down_caption(example) if top_down_prob > 0 and "twin_text" not in example else ""
   if top_down and tokenize(tokenizer, top_down, max_len)[1]:
     top_down = ""  # a chain cut short would leave an object half named: the scene skips this draw
   if "twin_text" in example:  # one of a pair of relation twins (RelationTwins): the pair's statement, no draw
@@ -479,15 +480,16 @@ def train_iterator(data_config, tokenizer: Tokenizer | None, *, batch_size: int,
   # per global index, before each process takes its part, so they too are the same on any number of processes.
   dataset = dataset.filter(lambda example: example is not None).seed(seed).shuffle().repeat()
   twins = data_config.get("relation_twins", 0.0)
+  mirrorable = [name for name, b in datasets.BUILDERS.items() if b.RELATION_TWINS]
   if twins:
     if task != "contrastive_caption" or not builder.RELATION_TWINS:
       raise UserError(f"config.data.relation_twins={twins}: relation twins are made for contrastive_caption batches of "
-                      f"scenes that can be mirrored ({[n for n, b in datasets.BUILDERS.items() if b.RELATION_TWINS]}"
-                      f"), not for {task!r} batches of config.data.name={data_config.name!r}")
+                      f"scenes that can be mirrored ({mirrorable}), not for {task!r} batches of "
+                      f"config.data.name={data_config.name!r}")
     dataset = RelationTwins(dataset, builder=builder, seed=seed, share=twins)
   if data_config.get("top_down_caption_prob", 0.0) and not builder.RELATION_TWINS:
     raise UserError(f"config.data.top_down_caption_prob={data_config.top_down_caption_prob}: config.data.name="
-                    f"{data_config.name!r} has no top-down captions (only {[n for n, b in datasets.BUILDERS.items() if b.RELATION_TWINS]})")
+                    f"{data_config.name!r} has no top-down captions (only {mirrorable})")
   if arrays is None:
     dataset = dataset.random_map(functools.partial(
         _features, task=task, tokenizer=tokenizer, data_config=data_config, builder=builder))

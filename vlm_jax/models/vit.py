@@ -94,8 +94,8 @@ class MAPHead(nn.Module):
 class ViT(nn.Module):
   """Vision Transformer. Returns (output, out): output is float[B, D] pooled, or all tokens if pool="none".
 
-  out holds named intermediates: "patches" (stem="conv": the convolutions' output tokens), "stem" (patch embeddings before positions), "embedded" (the tokens
-  the blocks read: with positions, CLS and pre-norm), "blocks"
+  out holds named intermediates: "patches" (stem="conv": the convolutions' output tokens), "stem" (patch embeddings
+  before positions), "embedded" (the tokens the blocks read: with positions, CLS and pre-norm), "blocks"
   float[depth, B, N, D] (the tokens after each block; one by one as "block_NN"), "encoded" (all tokens
   after the final LayerNorm), "pre_logits" (the pooled output). scan=True runs the blocks as one nn.scan
   (params stacked under encoder/blocks; see layers.Stack).
