@@ -137,6 +137,43 @@ def test_redrawn_scenes_keep_true_relations_in_another_drawing(data_config):
   assert all(colours(e) - exact for e in redrawn[:20])
 
 
+def test_styles_variant_draws_its_train_split_in_three_styles_and_scores_on_default_scenes(tmp_path):
+  """builder_config "styles" / "tiny_styles": train record i is drawn in train_styles[i % 3] (default, a bright
+  background, anti-aliased at 2x), the other splits exactly as the default variant's; the tokenizer sees the styled
+  scenes' texts; relation twins (redrawn in the default style) are refused on it, naming the key."""
+  from vlm_jax.data import shapes_tfds
+  pipeline.prepare_shapes(str(tmp_path), "tiny_styles")
+  config = ml_collections.ConfigDict(dict(name="shapes", builder_config="tiny_styles", data_dir=str(tmp_path),
+                                          tokenizer="sentencepiece", max_text_len=24, vqa_caption_prob=0.2))
+  builder = datasets.get(config)
+  assert builder.tfds.builder_config.train_styles == ("default", "bright", "smooth")
+  train, test = builder.open("train"), builder.open("test")
+  exact = {tuple(c) for c in shapes.COLORS.values()}
+  for i in range(9):
+    style = ("default", "bright", "smooth")[i % 3]
+    expected = shapes.make_example(0, "train", i, style=style)
+    record = builder.decode(train[i])
+    assert record["caption"] == expected["caption"]
+    image = np.asarray(record["image"], np.uint8)
+    assert np.array_equal(image, np.asarray(expected["image"]))
+    background = np.median(image.reshape(-1, 3)[:, 0])
+    assert (background >= 190) == (style == "bright"), (i, style, background)
+    colours = {tuple(p) for p in image.reshape(-1, 3) if len(set(p)) > 1}
+    assert bool(colours - exact) == (style == "smooth"), (i, style)
+  for i in range(5):
+    assert builder.decode(test[i])["caption"] == shapes.make_example(0, "test", i)["caption"]
+    assert np.array_equal(np.asarray(builder.decode(test[i])["image"], np.uint8),
+                          np.asarray(shapes.make_example(0, "test", i)["image"]))
+  texts = builder.tokenizer_texts()[len(shapes.vocabulary_texts()):]
+  styled = [shapes_tfds.make_builder(str(tmp_path), "tiny_styles").builder_config.make_example("train", i)
+            for i in range(3)]
+  assert texts[:sum(len(shapes.all_texts(e)) for e in styled)] == [t for e in styled for t in shapes.all_texts(e)]
+  twins = ml_collections.ConfigDict({**config.to_dict(), "relation_twins": 0.5})
+  tokenizer = tokenizer_lib.load_tokenizer("sentencepiece", str(tmp_path), "tiny_styles")
+  with pytest.raises(UserError, match=r"config.data.relation_twins=0.5: .*builder_config='tiny_styles'"):
+    pipeline.train_iterator(twins, tokenizer, batch_size=32, seed=0, task="contrastive_caption")
+
+
 def test_hard_negatives_are_false_and_differ_from_positives():
   seen = set()
   for e in examples("train") + examples("test"):

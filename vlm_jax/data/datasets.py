@@ -196,7 +196,7 @@ class ShapesBuilder(ScenesBuilder):
     texts = shapes.vocabulary_texts()
     for index in range(config.train):
       # Regenerating is cheaper than decoding the stored PNGs, and gives the same texts.
-      texts += shapes.all_texts(shapes.make_example(config.seed, "train", index, config.image_size))
+      texts += shapes.all_texts(config.make_example("train", index))
     return texts
 
 

@@ -486,6 +486,11 @@ def train_iterator(data_config, tokenizer: Tokenizer | None, *, batch_size: int,
       raise UserError(f"config.data.relation_twins={twins}: relation twins are made for contrastive_caption batches of "
                       f"scenes that can be mirrored ({mirrorable}), not for {task!r} batches of "
                       f"config.data.name={data_config.name!r}")
+    styles = getattr(builder.tfds.builder_config, "train_styles", ("default",))
+    if tuple(styles) != ("default",):
+      raise UserError(f"config.data.relation_twins={twins}: twins are redrawn in the default style, and "
+                      f"config.data.builder_config={data_config.builder_config!r} trains on {tuple(styles)}: the twin "
+                      "would differ from its scene in more than the mirrored axis")
     dataset = RelationTwins(dataset, builder=builder, seed=seed, share=twins)
   if data_config.get("top_down_caption_prob", 0.0) and not builder.RELATION_TWINS:
     raise UserError(f"config.data.top_down_caption_prob={data_config.top_down_caption_prob}: config.data.name="

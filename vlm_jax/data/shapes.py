@@ -39,6 +39,11 @@ RELATION_MARGIN_AT_32 = 4
 STYLES = {
     "default": dict(size_scale=(1.0, 1.0), margin_at_32=RELATION_MARGIN_AT_32, background=(0, 48), supersample=1),
     "redrawn": dict(size_scale=(0.75, 1.3), margin_at_32=6, background=(100, 170), supersample=4),
+    # Training styles (the "styles" variant's train split, shapes_tfds): a bright background on the other side of
+    # redrawn's grey, and the default scene anti-aliased at 2x. Sizes and margin stay the default's, so relations,
+    # top-down chains and the scene record mean the same; redrawn's sizes and mid-grey background stay unseen.
+    "bright": dict(size_scale=(1.0, 1.0), margin_at_32=RELATION_MARGIN_AT_32, background=(190, 255), supersample=1),
+    "smooth": dict(size_scale=(1.0, 1.0), margin_at_32=RELATION_MARGIN_AT_32, background=(0, 48), supersample=2),
 }
 
 ALL_PAIRS = tuple((c, s) for c in COLORS for s in SHAPES)

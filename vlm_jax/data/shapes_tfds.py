@@ -24,14 +24,25 @@ class ShapesConfig(tfds.core.BuilderConfig):
   compositional: int = 1_000
   image_size: int = 32
   seed: int = 0
+  # shapes.STYLES the train split is drawn in, example i in train_styles[i % len]; the other splits: "default".
+  train_styles: tuple = ("default",)
 
   def split_sizes(self) -> dict[str, int]:
     """{split name: number of examples}."""
     return {split: getattr(self, split) for split in shapes.SPLIT_IDS}
 
+  def style(self, split: str, index: int) -> str:
+    """The style example `index` of `split` is drawn in."""
+    return self.train_styles[index % len(self.train_styles)] if split == "train" else "default"
+
+  def make_example(self, split: str, index: int) -> dict:
+    """Record `index` of `split` of this variant (before PNG encoding)."""
+    return shapes.make_example(self.seed, split, index, self.image_size, style=self.style(split, index))
+
 
 class Shapes(tfds.core.GeneratorBasedBuilder):
-  """Coloured shapes on a dark background with captions, hard negatives and VQA pairs."""
+  """Coloured shapes on a dark background (or, in the styles variants' train split, also bright or anti-aliased)
+  with captions, hard negatives and VQA pairs."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
@@ -39,6 +50,10 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
       ShapesConfig(name="default", description="40k training scenes at 32 px."),
       ShapesConfig(name="tiny", description="A few hundred scenes, for tests.",
                    train=256, validation=64, test=64, compositional=64),
+      ShapesConfig(name="styles", description="40k training scenes in three styles (default, bright background, "
+                   "anti-aliased); the other splits as default's.", train_styles=("default", "bright", "smooth")),
+      ShapesConfig(name="tiny_styles", description="tiny, its train split in three styles, for tests.",
+                   train=256, validation=64, test=64, compositional=64, train_styles=("default", "bright", "smooth")),
   ]
   DEFAULT_CONFIG_NAME = "default"
 
@@ -73,7 +88,7 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split: str, num_examples: int):
     config = self.builder_config
     for index in range(num_examples):
-      example = shapes.make_example(config.seed, split, index, config.image_size)
+      example = config.make_example(split, index)
       example["image"] = shapes.png_bytes(example["image"])
       yield index, example
       if (index + 1) % 10_000 == 0 or index + 1 == num_examples:
