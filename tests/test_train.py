@@ -262,3 +262,43 @@ def test_a_scanned_workdir_resumed_as_a_loop_is_refused_naming_scan(tmp_path):
   config.model.scan = False
   with pytest.raises(UserError, match=r"config\.model\.scan differs"):
     run.check_same_model(config, str(tmp_path))
+
+
+def test_head_lr_scale_moves_only_the_contrastive_scalars_k_times_as_far_and_keeps_the_old_layout_at_one():
+  """Adam's step is lr_t * m_hat / (sqrt(v_hat) + eps): independent of lr, so with head_lr_scale=k the logit scale's
+  and bias's updates are k times those at k=1 (to float32 rounding) and every other update is the same; k=1 keeps the
+  optimizer state's structure of runs written before the key (their checkpoints resume)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  params = {"logit_scale": jnp.float32(2.3), "logit_bias": jnp.float32(-4.8),
+            "text": {"dense": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}}}
+  grads = [jax.tree.map(lambda p, s=s: jnp.full(p.shape, 0.3 * (s + 1), jnp.float32) * (1 + jnp.arange(p.size)
+                                                                                        .reshape(p.shape)), params)
+           for s in range(3)]
+
+  def updates(scale):
+    config = run_config.base_config()
+    config.total_steps, config.optimizer.warmup_steps, config.optimizer.head_lr_scale = 10, 2, scale
+    tx = train_state.make_optimizer(config)
+    state, out = tx.init(params), []
+    for g in grads:
+      u, state = tx.update(g, state, params)
+      out.append(u)
+    return out, state
+
+  base, base_state = updates(1.0)
+  scaled, _ = updates(8.0)
+  for u1, u8 in zip(base[1:], scaled[1:]):  # step 0: the warmup's lr is 0
+    for name in ("logit_scale", "logit_bias"):
+      np.testing.assert_allclose(u8[name], 8.0 * u1[name], rtol=1e-6)
+      assert float(u1[name]) != 0.0
+    for a, b in zip(jax.tree.leaves(u1["text"]), jax.tree.leaves(u8["text"])):
+      np.testing.assert_array_equal(a, b)
+  config = run_config.base_config()
+  old = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(  # the optimizer as every run before the key built it
+      optax.constant_schedule(1e-3), weight_decay=0.05, mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)))
+  assert jax.tree.structure(base_state) == jax.tree.structure(old.init(params))
+  config.optimizer.head_lr_scale = 0
+  with pytest.raises(run_config.UserError, match=r"^config.optimizer.head_lr_scale=0.0 must be a positive number"):
+    train_state.make_optimizer(config)

@@ -124,8 +124,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict(dict(contrastive="softmax", contrastive_weight=1.0, caption_weight=0.0,
                                           sigmoid_chunks=0, sigmoid_positives="each", label_smoothing=0.0))
   # mu_dtype: the dtype of Adam's first moment ("" = the parameters' dtype, e.g. "bfloat16" to halve it).
+  # head_lr_scale: the learning rate of the contrastive head's logit_scale and logit_bias, as a multiple of the rest's.
   c.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=2e-3, warmup_steps=100, weight_decay=0.05, b1=0.9, b2=0.98, grad_clip_norm=1.0, mu_dtype=""))
+      learning_rate=2e-3, warmup_steps=100, weight_decay=0.05, b1=0.9, b2=0.98, grad_clip_norm=1.0, mu_dtype="",
+      head_lr_scale=1.0))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sharding = ml_collections.ConfigDict(dict(logical_axis_rules=list(DEFAULT_RULES)))
   # Evaluators, big_vision style: NAME -> dict(type=..., split=..., every=..., prefix=...) (vlm_jax.evaluate

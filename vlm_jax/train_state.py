@@ -20,6 +20,10 @@ class TrainState(train_state.TrainState):
   pass
 
 
+# The contrastive head's scalars (two_tower, CoCa): config.optimizer.head_lr_scale gives them their own learning rate.
+HEAD_PARAMS = re.compile(r"(.*/)?logit_(scale|bias)")
+
+
 def param_path(path) -> str:
   """"vision/encoder/block_00/mlp/fc1/kernel" for a pytree key path (box wrappers skipped)."""
   return "/".join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
@@ -59,16 +63,28 @@ def make_optimizer(config) -> optax.GradientTransformation:
   moment in config.optimizer.mu_dtype, the second in the parameters' dtype (optax's adamw).
 
   Parameters matching config.freeze get `set_to_zero`, which keeps no state: no Adam moments for them.
+  config.optimizer.head_lr_scale != 1: the contrastive head's temperature and bias (HEAD_PARAMS) at that multiple
+  of the learning rate (warmup and decay alike), after one gradient clip over all parameters.
   """
   o = config.optimizer
   warmup = min(o.warmup_steps, config.total_steps // 2)  # a short run still gets a decay phase
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, o.learning_rate, warmup, config.total_steps, end_value=0.0)
+  schedule = lambda peak: optax.warmup_cosine_decay_schedule(0.0, peak, warmup, config.total_steps, end_value=0.0)
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
-  adamw = optax.chain(
-      optax.clip_by_global_norm(o.grad_clip_norm),
-      optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask,
-                  mu_dtype=mu_dtype_of(o)))
+  adam = lambda peak: optax.adamw(schedule(peak), b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask,
+                                  mu_dtype=mu_dtype_of(o))
+  head_scale = o.get("head_lr_scale", 1.0)
+  if not isinstance(head_scale, (int, float)) or head_scale <= 0:
+    raise UserError(f"config.optimizer.head_lr_scale={head_scale!r} must be a positive number")
+  if head_scale != 1.0:
+    # The clip over every gradient first, then the head's scalars their own Adam at head_scale x the schedule.
+    labels = lambda params: jax.tree_util.tree_map_with_path(
+        lambda path, frozen: "frozen" if frozen else ("head" if HEAD_PARAMS.fullmatch(param_path(path)) else
+                                                      "trained"), frozen_mask(params, config.freeze))
+    return optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), optax.multi_transform(
+        {"trained": adam(o.learning_rate), "head": adam(o.learning_rate * head_scale),
+         "frozen": optax.set_to_zero()}, labels))
+  # (The layout of every run before head_lr_scale: its checkpoints' optimizer state has this structure.)
+  adamw = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), adam(o.learning_rate))
   if not config.freeze:
     return adamw
   labels = lambda params: jax.tree.map(lambda f: "frozen" if f else "trained", frozen_mask(params, config.freeze))
