@@ -510,6 +510,27 @@ def test_relation_twins_fill_a_batch_with_pairs_told_apart_by_their_relation_onl
     pipeline.train_iterator(config, sp_tokenizer, batch_size=32, seed=0, task="vqa")
 
 
+def test_ignore_true_counts_gives_each_scene_its_count_and_each_text_the_count_it_states(data_config, sp_tokenizer):
+  config = ml_collections.ConfigDict({**data_config.to_dict(), "ignore_true_counts": True, "hard_negatives": True})
+  batch = next(pipeline.train_iterator(config, sp_tokenizer, batch_size=32, seed=0, task="contrastive_caption"))
+  by_caption = {e["caption"]: e for e in examples("train", 256)}
+  stated = {shapes.count_caption(n): n for n in range(1, shapes.MAX_OBJECTS + 1)}
+  for i in range(32):
+    example = by_caption[sp_tokenizer.decode(batch["caption"][i])]
+    assert batch["object_count"][i] == len(scene_objects(example))
+    assert batch["text_count"][i] == stated.get(sp_tokenizer.decode(batch["text"][i]), 0)
+    negative = sp_tokenizer.decode(batch["text_negative"][i]) if batch["text_negative_valid"][i] else ""
+    assert batch["text_negative_count"][i] == stated.get(negative, 0)
+  assert 0 < np.count_nonzero(batch["text_count"]) < 32
+  # The same stream otherwise: the texts and images of a run without the switch.
+  plain = next(pipeline.train_iterator(ml_collections.ConfigDict({**config.to_dict(), "ignore_true_counts": False}),
+                                       sp_tokenizer, batch_size=32, seed=0, task="contrastive_caption"))
+  assert set(batch) - set(plain) == {"object_count", "text_count", "text_negative_count"}
+  assert all(np.array_equal(batch[k], plain[k]) for k in plain)
+  with pytest.raises(UserError, match=r"^config.data.ignore_true_counts=True: it is for contrastive_caption batches"):
+    pipeline.train_iterator(config, sp_tokenizer, batch_size=32, seed=0, task="vqa")
+
+
 def test_contrastive_batches_hold_true_captions(data_config, sp_tokenizer):
   batch = next(pipeline.train_iterator(data_config, sp_tokenizer, batch_size=32, seed=0,
                                        task="contrastive_caption"))

@@ -233,3 +233,45 @@ def test_shared_positives_weigh_each_images_positives_as_one(x64):
   each, _ = losses.contrastive_sigmoid_loss(e, e, jnp.log(s), b, losses.same_text_mask(tokens))
   expected_each = -(2 * (2 * log_sigmoid(s + b) + log_sigmoid(-b)) + (log_sigmoid(s + b) + 2 * log_sigmoid(-b))) / 3
   np.testing.assert_allclose(each, expected_each, rtol=CLOSED_FORM_RTOL)
+
+
+def _reference_losses(logits, bias, positives, dropped):
+  """numpy, one pair at a time: the softmax loss over the kept columns / rows (uniform target on the positives) and
+  the sigmoid loss summed over the kept pairs ("each"), where kept = not dropped or positive."""
+  n = logits.shape[0]
+  kept = ~dropped | positives
+  # cross-entropy against the uniform target on `pos`: -sum_j t_j log softmax_j, the softmax over the kept entries
+  cross = lambda row, keep, pos: -sum((row[j] - np.log(sum(np.exp(row[k]) for k in range(n) if keep[k]))) / pos.sum()
+                                      for j in range(n) if pos[j])
+  softmax = 0.5 * (np.mean([cross(logits[i], kept[i], positives[i]) for i in range(n)]) +
+                   np.mean([cross(logits[:, j], kept[:, j], positives[:, j]) for j in range(n)]))
+  sigmoid = -sum(np.log(1 / (1 + np.exp(-(1 if positives[i, j] else -1) * (logits[i, j] + bias))))
+                 for i in range(n) for j in range(n) if kept[i, j]) / n
+  return softmax, sigmoid
+
+
+def test_true_count_pairs_are_left_out_of_both_losses_as_a_pairwise_reference_finds(x64):
+  """config.data.ignore_true_counts: pairs (image i, text j) where j states i's count but is not i's text are in
+  neither loss; every other pair as before (checked against a pair-by-pair numpy reference)."""
+  rng = np.random.default_rng(0)
+  n, s, b = 6, 4.0, -2.0
+  image, text = (l2 / np.linalg.norm(l2, axis=1, keepdims=True) for l2 in rng.normal(size=(2, n, 5)))
+  object_count = jnp.array([2, 2, 3, 1, 2, 3])
+  text_count = jnp.array([2, 0, 0, 0, 0, 3])  # texts 0 and 5 are count captions ("two shapes", "three shapes")
+  tokens = jnp.array([[1, 7, 2], [1, 8, 2], [1, 9, 2], [1, 10, 2], [1, 11, 2], [1, 12, 2]])
+  dropped = np.asarray(losses.true_pairs(object_count, text_count))
+  assert dropped.sum() == 5 and dropped[1, 0] and dropped[4, 0] and dropped[2, 5] and not dropped[3].any()
+  positives = np.asarray(losses.same_text_mask(tokens))
+  logits = s * image @ text.T
+  want_softmax, want_sigmoid = _reference_losses(logits, b, positives, dropped)
+  batch = {"text": tokens, "object_count": object_count, "text_count": text_count}
+  outputs = {"image_embedding": jnp.asarray(image), "text_embedding": jnp.asarray(text), "logit_scale": jnp.log(s),
+             "logit_bias": jnp.asarray(b)}
+  for contrastive, want in (("softmax", want_softmax), ("sigmoid", want_sigmoid)):
+    config = ml_collections.ConfigDict({"contrastive": contrastive, "sigmoid_chunks": 0, "sigmoid_positives": "each"})
+    got, _ = losses.contrastive_term(config, outputs, batch, pad_id=0)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    without = losses.contrastive_term(config, outputs, {"text": tokens}, pad_id=0)[0]
+    np.testing.assert_allclose(without, _reference_losses(logits, b, positives, np.zeros_like(dropped))[
+        contrastive == "sigmoid"], rtol=1e-12)
+    assert not np.isclose(got, without)

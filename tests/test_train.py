@@ -302,3 +302,11 @@ def test_head_lr_scale_moves_only_the_contrastive_scalars_k_times_as_far_and_kee
   config.optimizer.head_lr_scale = 0
   with pytest.raises(run_config.UserError, match=r"^config.optimizer.head_lr_scale=0.0 must be a positive number"):
     train_state.make_optimizer(config)
+
+
+def test_ignore_true_counts_with_the_chunked_sigmoid_loss_is_refused_naming_both_keys():
+  config = load_config("shapes_siglip")
+  config.data.ignore_true_counts, config.loss.sigmoid_chunks = True, 2
+  with pytest.raises(run_config.UserError, match=r"^config.data.ignore_true_counts=True cannot be combined with "
+                                                 r"config.loss.sigmoid_chunks=2"):
+    run_config.validate(config)

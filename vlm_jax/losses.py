@@ -27,10 +27,17 @@ class HardNegatives:
   """Extra text columns for the image->text direction (NegCLIP): embedding float[B, E] of the texts made false
   from the batch's own (one per row), valid bool[B] (False: row i has none, its column is left out), and
   positives bool[B, B]: [i, c] where negative c happens to be the very text of image i (a swap that gives another
-  image's true caption), a positive of row i like every copy of its text."""
+  image's true caption), a positive of row i like every copy of its text; ignored bool[B, B] or None: [i, c] where
+  negative c is also true of image i (true_pairs), left out of the loss."""
   embedding: jnp.ndarray
   valid: jnp.ndarray
   positives: jnp.ndarray
+  ignored: jnp.ndarray | None = None
+
+  def columns(self) -> jnp.ndarray:
+    """bool[B, B]: the pairs (row i, negative c) in the loss."""
+    valid = jnp.broadcast_to(self.valid[None, :], self.positives.shape)
+    return valid if self.ignored is None else valid & ~self.ignored
 
   def metrics(self, logits, negative_logits) -> dict:
     """hard_negative_accuracy: the share of rows with a negative whose own text outscores their own negative."""
@@ -39,28 +46,37 @@ class HardNegatives:
     return {"hard_negative_accuracy": jnp.sum(wins & self.valid) / jnp.maximum(jnp.sum(self.valid), 1)}
 
 
-def contrastive_softmax_loss(image_embedding, text_embedding, logit_scale, positives=None, negatives=None):
+def true_pairs(object_count, text_count) -> jnp.ndarray:
+  """bool[B, B]: [i, j] where text j states a count (text_count[j] > 0: "two shapes") that image i has
+  (object_count[i]): a pair the data knows to be true whether or not j is i's own text."""
+  return (text_count[None, :] > 0) & (text_count[None, :] == object_count[:, None])
+
+
+def contrastive_softmax_loss(image_embedding, text_embedding, logit_scale, positives=None, negatives=None,
+                             ignored=None):
   """Symmetric InfoNCE (CLIP): mean of image->text and text->image cross-entropies.
 
   With several positives per row the target is uniform over them. `negatives` (HardNegatives): more columns in
-  the image->text direction only, as NegCLIP (a negative has no image of its own). Returns (loss, metrics).
+  the image->text direction only, as NegCLIP (a negative has no image of its own). `ignored` bool[B, B]: pairs
+  left out of both softmaxes (texts also true of an image that are not its positives). Returns (loss, metrics).
   """
   n = image_embedding.shape[0]
   positives = jnp.eye(n, dtype=bool) if positives is None else positives
   scale = jnp.minimum(jnp.exp(logit_scale), MAX_LOGIT_SCALE)
   logits = scale * image_embedding @ text_embedding.T
-  row_logits, row_positives, metrics = logits, positives, {}
+  # A finite floor, not -inf: the cross-entropy multiplies it by a zero target.
+  kept = logits if ignored is None else jnp.where(ignored & ~positives, -1e9, logits)
+  row_logits, row_positives, metrics = kept, positives, {}
   if negatives is not None:
     negative_logits = scale * image_embedding @ negatives.embedding.T
     metrics = negatives.metrics(logits, negative_logits)
-    # A finite floor, not -inf: the cross-entropy multiplies it by a zero target.
-    hidden = jnp.where(negatives.valid[None, :], negative_logits, -1e9)
-    row_logits = jnp.concatenate([logits, hidden], axis=1)
+    hidden = jnp.where(negatives.columns() | negatives.positives & negatives.valid[None, :], negative_logits, -1e9)
+    row_logits = jnp.concatenate([kept, hidden], axis=1)
     row_positives = jnp.concatenate([positives, negatives.positives & negatives.valid[None, :]], axis=1)
   targets = row_positives / jnp.sum(row_positives, axis=1, keepdims=True)
   image_to_text = optax.softmax_cross_entropy(row_logits, targets)
   targets_t = positives.T / jnp.sum(positives.T, axis=1, keepdims=True)
-  text_to_image = optax.softmax_cross_entropy(logits.T, targets_t)
+  text_to_image = optax.softmax_cross_entropy(kept.T, targets_t)
   loss = 0.5 * (jnp.mean(image_to_text) + jnp.mean(text_to_image))
   correct = positives[jnp.arange(n), jnp.argmax(logits, axis=1)]
   return loss, {"contrastive_loss": loss, "contrastive_accuracy": jnp.mean(correct), "temperature_scale": scale,
@@ -82,22 +98,25 @@ def _pair_weights(positives, shared: bool, extra_positives=None):
 
 
 def contrastive_sigmoid_loss(image_embedding, text_embedding, logit_scale, logit_bias, positives=None,
-                             negatives=None, shared_positives: bool = False):
+                             negatives=None, shared_positives: bool = False, ignored=None):
   """SigLIP: -sum_ij w_ij log sigmoid(z_ij (t x_i.y_j + b)) / B, z = +1 for positives, -1 otherwise; w = 1, or
   with shared_positives 1/k_i on image i's k_i positives (_pair_weights). `negatives` (HardNegatives) add their
-  valid columns to the sum, z = -1 except where a negative is row i's own text."""
+  valid columns to the sum, z = -1 except where a negative is row i's own text. `ignored` bool[B, B]: negative
+  pairs left out of the sum (w = 0: texts also true of the image)."""
   n = image_embedding.shape[0]
   positives = jnp.eye(n, dtype=bool) if positives is None else positives
   logits = jnp.exp(logit_scale) * image_embedding @ text_embedding.T + logit_bias
   signs = jnp.where(positives, 1.0, -1.0)
   extra = None if negatives is None else negatives.positives & negatives.valid[None, :]
   weights, negative_weights = _pair_weights(positives, shared_positives, extra)
+  if ignored is not None:
+    weights = jnp.where(ignored & ~positives, 0.0, weights)
   total, metrics = jnp.sum(weights * jax.nn.log_sigmoid(signs * logits)), {}
   if negatives is not None:
     negative_logits = jnp.exp(logit_scale) * image_embedding @ negatives.embedding.T + logit_bias
     metrics = negatives.metrics(logits, negative_logits)
     negative_signs = jnp.where(negatives.positives, 1.0, -1.0)
-    total += jnp.sum(jnp.where(negatives.valid[None, :],
+    total += jnp.sum(jnp.where(negatives.columns() | extra,
                                negative_weights * jax.nn.log_sigmoid(negative_signs * negative_logits), 0.0))
   loss = -total / n
   correct = positives[jnp.arange(n), jnp.argmax(logits, axis=1)]
@@ -173,21 +192,26 @@ def contrastive_term(loss_config, outputs, batch, pad_id: int):
   a text in the batch is a positive of its images."""
   del pad_id
   image, text, scale = outputs["image_embedding"], outputs["text_embedding"], outputs["logit_scale"]
+  # config.data.ignore_true_counts: the batch says which texts state a count and how many objects each image has.
+  ignored = true_pairs(batch["object_count"], batch["text_count"]) if "text_count" in batch else None
   negatives = None
   if "text_negative_embedding" in outputs:  # config.data.hard_negatives
     negatives = HardNegatives(outputs["text_negative_embedding"], batch["text_negative_valid"] > 0,
-                              jnp.all(batch["text"][:, None, :] == batch["text_negative"][None, :, :], axis=-1))
+                              jnp.all(batch["text"][:, None, :] == batch["text_negative"][None, :, :], axis=-1),
+                              None if ignored is None else true_pairs(batch["object_count"],
+                                                                      batch["text_negative_count"]))
   shared = loss_config.get("sigmoid_positives", "each") == "shared"
   if loss_config.contrastive == "softmax":
-    return contrastive_softmax_loss(image, text, scale, same_text_mask(batch["text"]), negatives)
+    return contrastive_softmax_loss(image, text, scale, same_text_mask(batch["text"]), negatives, ignored)
   if loss_config.contrastive == "sigmoid" and loss_config.sigmoid_chunks > 1:
-    if negatives is not None:
-      raise ValueError("the chunked sigmoid loss takes no hard negatives (run_config.validate refuses both)")
+    if negatives is not None or ignored is not None:
+      raise ValueError("the chunked sigmoid loss takes no hard negatives and no ignored pairs (run_config.validate "
+                       "refuses both)")
     return contrastive_sigmoid_loss_chunked(image, text, scale, outputs["logit_bias"], batch["text"],
                                             loss_config.sigmoid_chunks, shared)
   if loss_config.contrastive == "sigmoid":
     return contrastive_sigmoid_loss(image, text, scale, outputs["logit_bias"], same_text_mask(batch["text"]),
-                                    negatives, shared)
+                                    negatives, shared, ignored)
   raise ValueError(f"config.loss.contrastive={loss_config.contrastive!r}: expected softmax, sigmoid or ''")
 
 

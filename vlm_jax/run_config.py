@@ -74,6 +74,9 @@ def base_config() -> ml_collections.ConfigDict:
       # top_down_caption_prob: the share of contrastive texts (drawn before the canonical caption) that name a scene's
       # objects from top to bottom, chained by "above", where each lies clearly below the previous (shapes).
       top_down_caption_prob=0.0,
+      # ignore_true_counts: a count caption ("two shapes") is left out of the contrastive loss (neither positive nor
+      # negative) for the batch's other images it is also true of, instead of being their negative (losses.true_pairs).
+      ignore_true_counts=False,
       # decoder_caption: what a captioner (CoCa's decoder) learns to write: "canonical" the scene's canonical caption,
       # "text" the caption the contrastive towers get (so relation and count captions too).
       decoder_caption="canonical",
@@ -225,6 +228,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.data.get("hard_negatives") and config.loss.sigmoid_chunks > 1:
     raise UserError("config.data.hard_negatives=True cannot be combined with config.loss.sigmoid_chunks="
                     f"{config.loss.sigmoid_chunks} (the chunked SigLIP loss has no extra negative columns)")
+  if config.data.get("ignore_true_counts") and config.loss.sigmoid_chunks > 1:
+    raise UserError("config.data.ignore_true_counts=True cannot be combined with config.loss.sigmoid_chunks="
+                    f"{config.loss.sigmoid_chunks} (the chunked SigLIP loss leaves no pair out)")
   if config.loss.get("sigmoid_positives", "each") not in SIGMOID_POSITIVES:
     raise UserError(f"config.loss.sigmoid_positives={config.loss.sigmoid_positives!r}: expected one of "
                     f"{SIGMOID_POSITIVES}")

@@ -16,6 +16,7 @@ A builder is made from config.data (`get(data_config)`) and declares:
   train_image(example, rng) -> uint8 [S, S, 3]: the training image, augmented as the builder does
   RELATION_TWINS        whether relation_twin(example, rng) gives a scene's mirrored counterfactual twin, and
                         top_down_caption(example) its objects named top to bottom
+  COUNT_CAPTIONS        {count caption: count} of its scenes, with object_count(example) (config.data.ignore_true_counts)
   train_arrays()        (uint8 [N, S, S] or [N, S, S, 3] images, int32 [N] labels) of a labelled train split held in
                         memory, whose batches the pipeline gathers whole (augment_choices, augment_batch); None: its
                         examples are read one by one
@@ -26,6 +27,7 @@ A builder is made from config.data (`get(data_config)`) and declares:
 The pipeline (pipeline.py) never asks which dataset it has.
 """
 
+import json
 import time
 
 import numpy as np
@@ -51,6 +53,9 @@ class Builder:
   # Whether relation_twin(example, rng) mirrors its scenes (config.data.relation_twins) and top_down_caption(example)
   # names their objects top to bottom (config.data.top_down_caption_prob).
   RELATION_TWINS = False
+  # Its count captions, {text: count} ({"two shapes": 2, ...}): config.data.ignore_true_counts needs them and
+  # object_count(example).
+  COUNT_CAPTIONS = {}
 
   def __init__(self, data_config):
     self.config = data_config
@@ -135,6 +140,10 @@ class ScenesBuilder(Builder):
   def tokenizer_dir(self) -> str:
     return self.tfds.data_dir
 
+  def object_count(self, example: dict) -> int:
+    """How many objects a decoded scene holds (its "scene" record lists them)."""
+    return len(json.loads(example["scene"]))
+
   def train_captions(self) -> list:
     """Every scene's "captions" (the canonical caption, the count caption, the relation captions) of the train
     split, read from the stored records without decoding their images (1 s for 40k scenes, 10x faster)."""
@@ -166,6 +175,7 @@ class ShapesBuilder(ScenesBuilder):
   "redrawn" style (other sizes, margin, background and renderer), generated when scored (nothing is stored)."""
   REDRAWN = "redrawn"
   RELATION_TWINS = True
+  COUNT_CAPTIONS = {shapes.count_caption(n): n for n in range(1, shapes.MAX_OBJECTS + 1)}
 
   def top_down_caption(self, example: dict) -> str:
     """A decoded scene's objects named from top to bottom, or "": shapes.top_down_caption."""
@@ -201,6 +211,8 @@ class ShapesBuilder(ScenesBuilder):
 
 
 class FashionMnistScenesBuilder(ScenesBuilder):
+  COUNT_CAPTIONS = {fashion_mnist.count_caption(n): n for n in range(1, fashion_mnist.MAX_ITEMS + 1)}
+
   def make_tfds(self):
     from vlm_jax.data import fashion_mnist_tfds  # noqa: PLC0415
     return fashion_mnist_tfds.make_builder(self.config.data_dir, self.config.builder_config,

@@ -193,7 +193,8 @@ HARD_NEGATIVE_FEATURES = ("text_negative", "text_negative_valid")  # config.data
 
 def _contrastive_features(example: dict, rng: np.random.Generator, tokenizer, max_len: int,
                           canonical_prob: float = 0.0, hard_negatives: bool = False, relation_prob: float = 0.0,
-                          decoder_caption: str = "canonical", top_down_prob: float = 0.0, builder=None):
+                          decoder_caption: str = "canonical", top_down_prob: float = 0.0, builder=None,
+                          true_counts: bool = False):
   """A true caption ('text') and the canonical caption ('caption'); with hard_negatives also 'text_negative',
   the text made false by a word swap (vlm_jax.data.negatives), and 'text_negative_valid' (0: the text has none).
 
@@ -205,6 +206,8 @@ def _contrastive_features(example: dict, rng: np.random.Generator, tokenizer, ma
   one of all the true captions (canonical, count, relations): the mix decides which skills the contrastive towers
   practise. relation_prob 0 draws nothing for it (the stream of every run before the field). 'caption' (what a
   captioner learns to write) is the canonical caption, or with decoder_caption "text" the same text as 'text'.
+  true_counts (config.data.ignore_true_counts): also 'object_count', the scene's number of objects, and 'text_count'
+  (and 'text_negative_count'), the count the text states (builder.COUNT_CAPTIONS; 0: none).
   """
   captions = example["captions"]
   relations = [c for c in captions if negatives.states_relation(c)] if relation_prob > 0 else []
@@ -230,6 +233,11 @@ def _contrastive_features(example: dict, rng: np.random.Generator, tokenizer, ma
     negative = negatives.hard_negative(chosen, rng)
     features["text_negative"] = tokenize(tokenizer, negative, max_len)[0]
     features["text_negative_valid"] = np.int32(bool(negative))
+    if true_counts:
+      features["text_negative_count"] = np.int32(builder.COUNT_CAPTIONS.get(negative, 0))
+  if true_counts:
+    features["object_count"] = np.int32(builder.object_count(example))
+    features["text_count"] = np.int32(builder.COUNT_CAPTIONS.get(chosen, 0))
   return features
 
 
@@ -305,7 +313,8 @@ def _features(raw: dict, rng: np.random.Generator, *, task: str, tokenizer, data
                                  data_config.get("hard_negatives", False),
                                  data_config.get("relation_caption_prob", 0.0),
                                  data_config.get("decoder_caption", "canonical"),
-                                 data_config.get("top_down_caption_prob", 0.0), builder)
+                                 data_config.get("top_down_caption_prob", 0.0), builder,
+                                 data_config.get("ignore_true_counts", False))
   return _vqa_features(example, rng, tokenizer, data_config.max_text_len,
                        data_config.vqa_caption_prob)
 
@@ -492,6 +501,10 @@ def train_iterator(data_config, tokenizer: Tokenizer | None, *, batch_size: int,
                       f"config.data.builder_config={data_config.builder_config!r} trains on {tuple(styles)}: the twin "
                       "would differ from its scene in more than the mirrored axis")
     dataset = RelationTwins(dataset, builder=builder, seed=seed, share=twins)
+  counting = [name for name, b in datasets.BUILDERS.items() if b.COUNT_CAPTIONS]
+  if data_config.get("ignore_true_counts", False) and (task != "contrastive_caption" or not builder.COUNT_CAPTIONS):
+    raise UserError(f"config.data.ignore_true_counts=True: it is for contrastive_caption batches of scenes with count "
+                    f"captions ({counting}), not for {task!r} batches of config.data.name={data_config.name!r}")
   if data_config.get("top_down_caption_prob", 0.0) and not builder.RELATION_TWINS:
     raise UserError(f"config.data.top_down_caption_prob={data_config.top_down_caption_prob}: config.data.name="
                     f"{data_config.name!r} has no top-down captions (only {mirrorable})")
