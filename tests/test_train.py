@@ -310,3 +310,17 @@ def test_ignore_true_counts_with_the_chunked_sigmoid_loss_is_refused_naming_both
   with pytest.raises(run_config.UserError, match=r"^config.data.ignore_true_counts=True cannot be combined with "
                                                  r"config.loss.sigmoid_chunks=2"):
     run_config.validate(config)
+
+
+def test_the_train_step_gets_the_counts_only_when_ignore_true_counts_is_set_and_the_loss_is_contrastive():
+  """trainer.batch_features: what reaches the jitted step (a field the pipeline makes but the step is not given
+  would leave the switch without effect)."""
+  config = load_config("shapes_siglip")
+  two_tower = models.get("two_tower")
+  assert not {"object_count", "text_count"} & set(trainer.batch_features(config, two_tower))
+  config.data.ignore_true_counts = True
+  assert {"object_count", "text_count"} <= set(trainer.batch_features(config, two_tower))
+  assert "text_negative_count" not in trainer.batch_features(config, two_tower)
+  config.data.hard_negatives = True
+  assert {"text_negative", "text_negative_count"} <= set(trainer.batch_features(config, two_tower))
+  assert not {"text_count", "text_negative"} & set(trainer.batch_features(config, models.get("prefix_lm")))

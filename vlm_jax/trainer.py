@@ -194,14 +194,25 @@ def train_and_evaluate(config, workdir: str) -> dict:
 COMPILE_TIMES = "compile_times.json"
 
 
+def batch_features(config, model_module) -> tuple:
+  """The batch fields the train step gets: the model's features, and where its contrastive loss uses them the hard
+  negatives of its texts (config.data.hard_negatives) and the counts of ignore_true_counts."""
+  features = tuple(model_module.FEATURES)
+  if "contrastive" in model_module.LOSS_TERMS:
+    if config.data.get("hard_negatives"):
+      features += pipeline.HARD_NEGATIVE_FEATURES
+    if config.data.get("ignore_true_counts"):
+      features += pipeline.TRUE_COUNT_FEATURES
+      if config.data.get("hard_negatives"):
+        features += ("text_negative_count",)
+  return features
+
+
 def _train_and_evaluate(config, workdir: str, since: tuple) -> dict:
   """train_and_evaluate; `since` (time.time(), what it is) is where time to first step counts from."""
   run = compile_log.LOG.call("init", run_lib.Run, config, workdir, for_training=True)  # compiles the state's init
   workdir, is_main = run.workdir, jax.process_index() == 0
-  # The model's features, and the hard negatives of its contrastive texts where the data gives them.
-  features = run.model_module.FEATURES
-  if config.data.get("hard_negatives") and "contrastive" in run.model_module.LOSS_TERMS:
-    features += pipeline.HARD_NEGATIVE_FEATURES
+  features = batch_features(config, run.model_module)
   if is_main:  # what inference needs besides the checkpoints: the workdir alone is then enough to predict
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json(indent=1))

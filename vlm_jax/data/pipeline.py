@@ -189,6 +189,7 @@ def make_vqa_prompt(tokenizer: Tokenizer, question: str, max_len: int) -> np.nda
 
 
 HARD_NEGATIVE_FEATURES = ("text_negative", "text_negative_valid")  # config.data.hard_negatives: see below
+TRUE_COUNT_FEATURES = ("object_count", "text_count")  # config.data.ignore_true_counts (+ "text_negative_count")
 
 
 def _contrastive_features(example: dict, rng: np.random.Generator, tokenizer, max_len: int,
