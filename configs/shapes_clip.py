@@ -3,6 +3,8 @@
     python -m vlm_jax.train --config configs/shapes_clip.py --workdir /tmp/shapes_clip
 
 Reached here (2 CPU cores): see experiments/README.md for wall time and every eval.json metric.
+The learning rate is 1e-3, half the base config's: img2txt R@1 0.619 against 0.508 +- 0.038 (3 seeds) at 2e-3
+(experiments/README.md, "SigLIP against CLIP: the learning rate, the temperature, ...").
 """
 
 from vlm_jax.run_config import base_config
@@ -16,4 +18,5 @@ def get_config(arg=None):
   config.model.scan = False
   config.model.name = "two_tower"
   config.loss.contrastive = "softmax"
+  config.optimizer.learning_rate = 1e-3
   return config
