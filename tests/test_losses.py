@@ -275,3 +275,20 @@ def test_true_count_pairs_are_left_out_of_both_losses_as_a_pairwise_reference_fi
     np.testing.assert_allclose(without, _reference_losses(logits, b, positives, np.zeros_like(dropped))[
         contrastive == "sigmoid"], rtol=1e-12)
     assert not np.isclose(got, without)
+
+
+def test_ignored_hard_negative_pairs_leave_both_losses_as_the_closed_form_without_them(x64):
+  """HardNegatives.ignored (ignore_true_counts: a word-swapped count that is true of another image): those (row,
+  negative) pairs drop out of the softmax's image->text rows and out of the sigmoid sum; the rest as before."""
+  n, s, b = 4, 5.0, -3.0
+  embeddings, negatives = _orthogonal_negatives(n, [True, True, False, True])
+  ignored = jnp.zeros((n, n), bool).at[0, 1].set(True).at[2, 3].set(True).at[1, 2].set(True)  # [1, 2]: not valid
+  negatives = losses.HardNegatives(negatives.embedding, negatives.valid, negatives.positives, ignored)
+  kept = np.array([3 - 1, 3, 3 - 1, 3])  # valid negative columns each row sees, less its ignored valid ones
+  softmax, _ = losses.contrastive_softmax_loss(embeddings, embeddings, jnp.log(s), negatives=negatives)
+  expected = 0.5 * (np.mean(np.log1p((n - 1 + kept) * np.exp(-s))) + np.log1p((n - 1) * np.exp(-s)))
+  np.testing.assert_allclose(softmax, expected, rtol=CLOSED_FORM_RTOL)
+  sigmoid, _ = losses.contrastive_sigmoid_loss(embeddings, embeddings, jnp.log(s), b, negatives=negatives)
+  log_sigmoid = lambda z: -np.log1p(np.exp(-z))
+  expected = -(n * log_sigmoid(s + b) + n * (n - 1) * log_sigmoid(-b) + kept.sum() * log_sigmoid(-b)) / n
+  np.testing.assert_allclose(sigmoid, expected, rtol=CLOSED_FORM_RTOL)

@@ -35,9 +35,10 @@ class HardNegatives:
   ignored: jnp.ndarray | None = None
 
   def columns(self) -> jnp.ndarray:
-    """bool[B, B]: the pairs (row i, negative c) in the loss."""
+    """bool[B, B]: the pairs (row i, negative c) in the loss: every valid column, less the ignored pairs that are
+    not row i's own text."""
     valid = jnp.broadcast_to(self.valid[None, :], self.positives.shape)
-    return valid if self.ignored is None else valid & ~self.ignored
+    return valid if self.ignored is None else valid & (~self.ignored | self.positives)
 
   def metrics(self, logits, negative_logits) -> dict:
     """hard_negative_accuracy: the share of rows with a negative whose own text outscores their own negative."""
@@ -70,7 +71,7 @@ def contrastive_softmax_loss(image_embedding, text_embedding, logit_scale, posit
   if negatives is not None:
     negative_logits = scale * image_embedding @ negatives.embedding.T
     metrics = negatives.metrics(logits, negative_logits)
-    hidden = jnp.where(negatives.columns() | negatives.positives & negatives.valid[None, :], negative_logits, -1e9)
+    hidden = jnp.where(negatives.columns(), negative_logits, -1e9)
     row_logits = jnp.concatenate([kept, hidden], axis=1)
     row_positives = jnp.concatenate([positives, negatives.positives & negatives.valid[None, :]], axis=1)
   targets = row_positives / jnp.sum(row_positives, axis=1, keepdims=True)
@@ -116,7 +117,7 @@ def contrastive_sigmoid_loss(image_embedding, text_embedding, logit_scale, logit
     negative_logits = jnp.exp(logit_scale) * image_embedding @ negatives.embedding.T + logit_bias
     metrics = negatives.metrics(logits, negative_logits)
     negative_signs = jnp.where(negatives.positives, 1.0, -1.0)
-    total += jnp.sum(jnp.where(negatives.columns() | extra,
+    total += jnp.sum(jnp.where(negatives.columns(),
                                negative_weights * jax.nn.log_sigmoid(negative_signs * negative_logits), 0.0))
   loss = -total / n
   correct = positives[jnp.arange(n), jnp.argmax(logits, axis=1)]
