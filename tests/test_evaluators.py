@@ -243,17 +243,21 @@ def test_hardneg_likelihood_is_each_captions_log_likelihood_after_the_caption_pr
   assert metrics["blind/hardneg/count"] == pytest.approx(2 / 3)
 
 
+def _script(name):
+  import importlib.util
+  import os
+  spec = importlib.util.spec_from_file_location(
+      name, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def test_results_table_marks_the_probes_text_alone_comes_close_to(tmp_path, capsys):
   """blind >= 0.6 (binding) or within 0.05 of the score (left/right) is marked, with its footnote; a probe the
   model solves far above its blind baseline (count) is not. hardneg_likelihood/<type> reads blind/hardneg/<type>."""
-  import importlib.util
   import json
-  import os
-  spec = importlib.util.spec_from_file_location(
-      "results_table", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts",
-                                    "results_table.py"))
-  table = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(table)
+  table = _script("results_table")
   probes = {"count": (0.96, 0.385), "binding": (0.95, 0.711), "left_right": (0.52, 0.51)}
   for name, scorer in (("shapes_clip", "hardneg"), ("shapes_llava", "hardneg_likelihood")):
     (tmp_path / name).mkdir()
@@ -268,3 +272,27 @@ def test_results_table_marks_the_probes_text_alone_comes_close_to(tmp_path, caps
     assert rows["binding"].startswith(f"| {scorer}/binding (0.500; blind 0.711) |") and "0.950†" in rows["binding"]
     assert "0.520†" in rows["left_right"] and "†" not in rows["count"]
   assert lines[-1].startswith("† text alone comes close")
+
+
+def test_seeds_table_gives_mean_and_sample_standard_deviation_per_group(tmp_path, capsys):
+  """Each cell is the mean ± the n-1 standard deviation (numpy's ddof=1) of the group's runs, with the values; a
+  key no run of a group has is '–'; runs of one group stopped at different steps are refused, naming the group."""
+  import json
+  seeds = _script("seeds_table")
+  values = {"a": [0.61, 0.55, 0.49], "b": [0.9]}
+  for group, scores in values.items():
+    for i, v in enumerate(scores):
+      (tmp_path / f"{group}{i}").mkdir()
+      (tmp_path / f"{group}{i}" / "eval.json").write_text(json.dumps(
+          {"step": 1000, "img2txt_recall@1": v, **({"hardneg/count": 0.5 + v / 10} if group == "a" else {})}))
+  groups = [f"{g}=" + ",".join(str(tmp_path / f"{g}{i}") for i in range(len(v))) for g, v in values.items()]
+  seeds.main(groups)
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0] == "| run (seeds) | img2txt_recall@1 | hardneg/count |"
+  a = np.asarray(values["a"])
+  assert lines[2] == (f"| a (3) | {a.mean():.3f} ± {a.std(ddof=1):.3f} (0.610 / 0.550 / 0.490) | "
+                      f"{(0.5 + a / 10).mean():.3f} ± {(0.5 + a / 10).std(ddof=1):.3f} (0.561 / 0.555 / 0.549) |")
+  assert lines[3] == "| b (1) | 0.900 | – |"
+  (tmp_path / "a2" / "eval.json").write_text(json.dumps({"step": 500, "img2txt_recall@1": 0.5}))
+  with pytest.raises(SystemExit, match="group a stopped at different steps"):
+    seeds.main(groups[:1])
