@@ -296,3 +296,27 @@ def test_seeds_table_gives_mean_and_sample_standard_deviation_per_group(tmp_path
   (tmp_path / "a2" / "eval.json").write_text(json.dumps({"step": 500, "img2txt_recall@1": 0.5}))
   with pytest.raises(SystemExit, match="group a stopped at different steps"):
     seeds.main(groups[:1])
+
+
+def test_plot_sweep_groups_seeds_by_the_config_field_and_writes_the_figure(tmp_path, capsys):
+  """Runs of a group with the same config value are one point at their mean, with the n-1 standard deviation;
+  points are sorted by the value; the PNG is written; a key a run lacks is refused naming the file."""
+  import json
+  plot = _script("plot_sweep")
+  runs = {"r1": (128, 0.6), "r2": (32, 0.3), "r3": (128, 0.5), "r4": (32, 0.4), "r5": (64, 0.45)}
+  for name, (batch, score) in runs.items():
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "config.json").write_text(json.dumps({"batch_size": batch, "optimizer": {"lr": 1}}))
+    (tmp_path / name / "eval.json").write_text(json.dumps({"img2txt_recall@1": score}))
+  points = plot.sweep_points({"clip": [str(tmp_path / n) for n in runs]}, "batch_size", "img2txt_recall@1")
+  [(x32, m32, sd32, n32), (x64, m64, sd64, n64), (x128, m128, sd128, n128)] = points["clip"]
+  assert (x32, x64, x128) == (32, 64, 128) and (n32, n64, n128) == (2, 1, 2)
+  assert m32 == pytest.approx(0.35) and sd32 == pytest.approx(np.std([0.3, 0.4], ddof=1)) and sd64 is None
+  assert m128 == pytest.approx(0.55) and m64 == pytest.approx(0.45)
+  out = tmp_path / "sweep.png"
+  plot.main(["--field", "batch_size", "--key", "img2txt_recall@1", "--out", str(out), "--logx",
+             "clip=" + ",".join(str(tmp_path / n) for n in runs)])
+  assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert "| clip | 32 | 0.350 ± 0.071 | 2 |" in capsys.readouterr().out
+  with pytest.raises(SystemExit, match="has no 'txt2img_recall@1'"):
+    plot.sweep_points({"clip": [str(tmp_path / "r1")]}, "batch_size", "txt2img_recall@1")
