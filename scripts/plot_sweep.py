@@ -1,7 +1,7 @@
 """Plots an eval.json score against a config field over runs: one line per group, mean ± sample sd per x.
 
-    python scripts/plot_sweep.py --field batch_size --key img2txt_recall@1 --out experiments/siglip_batch.png \
-        CLIP=runs/clipB32,runs/clipB32s1,runs/clipB64,runs/clipS0,runs/clipS1 SigLIP=runs/sigB32,...
+    python scripts/plot_sweep.py --field batch_size --key img2txt_recall@1 --logx --out experiments/siglip_batch.png \
+        CLIP=runs/clipB32lr05,runs/clipB64lr07,runs/clipS0 SigLIP=runs/sigB32lr025,runs/sigB64lr035,runs/sigS0
 
 A group is LABEL=DIR,DIR,... (training runs, each with config.json and eval.json); its runs with the same value of
 `--field` (a dotted config key: batch_size, optimizer.learning_rate) are seeds of one point, drawn at their mean
@@ -14,14 +14,15 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from seeds_table import mean_sd  # noqa: E402  (scripts/ is not a package)
+from seeds_table import mean_sd, parse_group  # noqa: E402  (scripts/ is not a package)
 
 
-def field_of(config: dict, field: str):
+def field_of(config: dict, field: str, path: str):
+  """config[field] for a dotted field; SystemExit naming the field and the config.json `path` without it."""
   value = config
   for part in field.split("."):
     if not isinstance(value, dict) or part not in value:
-      raise SystemExit(f"error: config.{field} is not in the run's config.json")
+      raise SystemExit(f"error: config.{field} is not in {path}")
     value = value[part]
   return value
 
@@ -37,7 +38,7 @@ def sweep_points(groups: dict, field: str, key: str) -> dict:
         if not os.path.exists(path):
           raise SystemExit(f"error: {path} (group {label}) does not exist")
       with open(paths[0]) as f:
-        x = field_of(json.load(f), field)
+        x = field_of(json.load(f), field, paths[0])
       with open(paths[1]) as f:
         scores = json.load(f)
       if key not in scores:
@@ -55,13 +56,7 @@ def main(argv=None):
   parser.add_argument("--out", required=True, help="the PNG to write")
   parser.add_argument("--logx", action="store_true", help="a log-scaled x axis (base 2)")
   args = parser.parse_args(argv)
-  groups = {}
-  for spec in args.groups:
-    label, sep, dirs = spec.partition("=")
-    if not sep or not label or not dirs:
-      raise SystemExit(f"error: group {spec!r} is not LABEL=DIR,DIR,...")
-    groups[label] = dirs.split(",")
-  points = sweep_points(groups, args.field, args.key)
+  points = sweep_points(dict(map(parse_group, args.groups)), args.field, args.key)
 
   import matplotlib
   matplotlib.use("Agg")

@@ -38,13 +38,19 @@ def cell(values) -> str:
   return f"{mean:.3f} ± {sd:.3f} ({' / '.join(f'{v:.3f}' for v in values)})"
 
 
-def read_group(spec: str) -> tuple[str, list[dict]]:
-  """'LABEL=DIR,DIR' -> (label, [eval.json of each DIR]); SystemExit naming the group or file on a bad one."""
+def parse_group(spec: str) -> tuple[str, list[str]]:
+  """'LABEL=DIR,DIR' -> (label, [DIR, DIR]); SystemExit naming the spec if it is not of that form."""
   label, sep, dirs = spec.partition("=")
   if not sep or not label or not dirs:
     raise SystemExit(f"error: group {spec!r} is not LABEL=DIR,DIR,...")
+  return label, dirs.split(",")
+
+
+def read_group(spec: str) -> tuple[str, list[dict]]:
+  """'LABEL=DIR,DIR' -> (label, [eval.json of each DIR]); SystemExit naming the group or file on a bad one."""
+  label, runs = parse_group(spec)
   results = []
-  for run in dirs.split(","):
+  for run in runs:
     path = os.path.join(run, "eval.json")
     if not os.path.exists(path):
       raise SystemExit(f"error: {path} (group {label}) does not exist: has the run finished its final evaluation?")

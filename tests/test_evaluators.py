@@ -300,7 +300,7 @@ def test_seeds_table_gives_mean_and_sample_standard_deviation_per_group(tmp_path
 
 def test_plot_sweep_groups_seeds_by_the_config_field_and_writes_the_figure(tmp_path, capsys):
   """Runs of a group with the same config value are one point at their mean, with the n-1 standard deviation;
-  points are sorted by the value; the PNG is written; a key a run lacks is refused naming the file."""
+  points are sorted by the value; the PNG is written; a key or config field a run lacks is refused naming the file."""
   import json
   plot = _script("plot_sweep")
   runs = {"r1": (128, 0.6), "r2": (32, 0.3), "r3": (128, 0.5), "r4": (32, 0.4), "r5": (64, 0.45)}
@@ -320,3 +320,5 @@ def test_plot_sweep_groups_seeds_by_the_config_field_and_writes_the_figure(tmp_p
   assert "| clip | 32 | 0.350 ± 0.071 | 2 |" in capsys.readouterr().out
   with pytest.raises(SystemExit, match="has no 'txt2img_recall@1'"):
     plot.sweep_points({"clip": [str(tmp_path / "r1")]}, "batch_size", "txt2img_recall@1")
+  with pytest.raises(SystemExit, match=r"config.optimizer.learning_rate is not in .*r1.config.json"):
+    plot.sweep_points({"clip": [str(tmp_path / "r1")]}, "optimizer.learning_rate", "img2txt_recall@1")
