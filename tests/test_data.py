@@ -396,6 +396,64 @@ def test_contrastive_batches_with_hard_negatives_pair_each_text_with_its_swap(da
   assert 0 < batch["text_negative_valid"].sum() < 32
 
 
+def test_order_negatives_swap_one_pair_of_neighbours_that_lie_clearly_apart_on_the_texts_axis():
+  """A list (left to right) or a top-down chain and its order negative name the same objects, in the same order
+  but for one neighbouring pair swapped; that pair lies at least the relation margin apart on the text's axis, so
+  the negative is false of the scene. Every other text has none."""
+  rng = np.random.default_rng(0)
+  swapped = {"x": 0, "y": 0}
+  for e in examples("train", 200):
+    e["image"] = np.asarray(e["image"])
+    objects = {(o["color"], o["shape"]): o for o in scene_objects(e)}
+    for axis, text in (("x", e["caption"]), ("y", shapes.top_down_caption(e))):
+      negative = shapes.order_negative(e, text, rng) if text else ""
+      if not negative:
+        coords = [objects[n][axis] for n in names_in(text)]
+        assert all(b - a < shapes.RELATION_MARGIN_AT_32 for a, b in zip(coords, coords[1:]))
+        continue
+      named, wrong = names_in(text), names_in(negative)
+      differ = [i for i in range(len(named)) if named[i] != wrong[i]]
+      assert len(differ) == 2 and differ[1] == differ[0] + 1, (text, negative)
+      i = differ[0]
+      assert (wrong[i], wrong[i + 1]) == (named[i + 1], named[i])
+      assert objects[named[i + 1]][axis] - objects[named[i]][axis] >= shapes.RELATION_MARGIN_AT_32
+      assert (" above " in negative) == (axis == "y")
+      swapped[axis] += 1
+    for text in e["captions"][1:]:  # counts and relation statements (but a two-object chain's equal): none
+      assert shapes.order_negative(e, text, rng) == "" or text == shapes.top_down_caption(e)
+  assert swapped["x"] > 50 and swapped["y"] > 30, swapped
+
+
+def test_contrastive_batches_with_order_negatives_swap_lists_and_chains_and_keep_the_word_swaps(
+    data_config, sp_tokenizer):
+  config = ml_collections.ConfigDict({**data_config.to_dict(), "hard_negatives": True, "order_negatives": True,
+                                      "top_down_caption_prob": 0.5})
+  batch = next(pipeline.train_iterator(config, sp_tokenizer, batch_size=32, seed=0, task="contrastive_caption"))
+  by_caption = {e["caption"]: e for e in examples("train", 256)}
+  rng = np.random.default_rng(0)
+  kinds = set()
+  for text, negative, valid, caption in zip(batch["text"], batch["text_negative"], batch["text_negative_valid"],
+                                            batch["caption"]):
+    text, negative, example = sp_tokenizer.decode(text), sp_tokenizer.decode(negative), by_caption[
+        sp_tokenizer.decode(caption)]
+    example["image"] = np.asarray(example["image"])
+    if shapes.order_negative(example, text, np.random.default_rng(0)):
+      kinds.add("chain" if " above " in text and "," not in text else "list")
+      assert valid and sorted(names_in(negative)) == sorted(names_in(text)) and negative != text
+    elif negatives.states_relation(text) or negatives.count_negative(text, rng):
+      kinds.add("swap")
+      assert valid and negative not in ("", text)
+    else:
+      assert not valid
+  assert {"list", "chain", "swap"} <= kinds, kinds
+
+
+def test_order_negatives_without_hard_negatives_are_refused(data_config, sp_tokenizer):
+  config = ml_collections.ConfigDict({**data_config.to_dict(), "order_negatives": True})
+  with pytest.raises(UserError, match="config.data.order_negatives=True: it needs config.data.hard_negatives=True"):
+    pipeline.train_iterator(config, sp_tokenizer, batch_size=8, seed=0, task="contrastive_caption")
+
+
 def test_relation_caption_prob_one_makes_every_text_of_a_scene_with_a_relation_a_relation_caption_and_a_decoder_target(
     data_config, sp_tokenizer):
   config = ml_collections.ConfigDict({**data_config.to_dict(), "relation_caption_prob": 1.0})

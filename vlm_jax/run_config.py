@@ -74,6 +74,9 @@ def base_config() -> ml_collections.ConfigDict:
       # top_down_caption_prob: the share of contrastive texts (drawn before the canonical caption) that name a scene's
       # objects from top to bottom, chained by "above", where each lies clearly below the previous (shapes).
       top_down_caption_prob=0.0,
+      # order_negatives (with hard_negatives): a list ("a red circle and a blue square", left to right) or top-down
+      # chain gets as its negative the same names with two neighbours swapped (shapes.order_negative).
+      order_negatives=False,
       # ignore_true_counts: a count caption ("two shapes") is left out of the contrastive loss (neither positive nor
       # negative) for the batch's other images it is also true of, instead of being their negative (losses.true_pairs).
       ignore_true_counts=False,

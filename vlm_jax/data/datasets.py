@@ -15,7 +15,8 @@ A builder is made from config.data (`get(data_config)`) and declares:
   MEMOIZE               whether decoded training examples are kept in memory (small data) or decoded each time
   train_image(example, rng) -> uint8 [S, S, 3]: the training image, augmented as the builder does
   RELATION_TWINS        whether relation_twin(example, rng) gives a scene's mirrored counterfactual twin, and
-                        top_down_caption(example) its objects named top to bottom
+                        top_down_caption(example) its objects named top to bottom, and order_negative(example,
+                        text, rng) a list or chain of them with two neighbours swapped
   COUNT_CAPTIONS        {count caption: count} of its scenes, with object_count(example) (config.data.ignore_true_counts)
   train_arrays()        (uint8 [N, S, S] or [N, S, S, 3] images, int32 [N] labels) of a labelled train split held in
                         memory, whose batches the pipeline gathers whole (augment_choices, augment_batch); None: its
@@ -50,8 +51,9 @@ class Builder:
   LIST_FIELDS = ()
   MEMOIZE = True
   TOKENIZER = {}  # train_sentencepiece options
-  # Whether relation_twin(example, rng) mirrors its scenes (config.data.relation_twins) and top_down_caption(example)
-  # names their objects top to bottom (config.data.top_down_caption_prob).
+  # Whether relation_twin(example, rng) mirrors its scenes (config.data.relation_twins), top_down_caption(example)
+  # names their objects top to bottom (config.data.top_down_caption_prob) and order_negative(example, text, rng)
+  # swaps two objects of a list or chain (config.data.order_negatives).
   RELATION_TWINS = False
   # Its count captions, {text: count} ({"two shapes": 2, ...}): config.data.ignore_true_counts needs them and
   # object_count(example).
@@ -180,6 +182,10 @@ class ShapesBuilder(ScenesBuilder):
   def top_down_caption(self, example: dict) -> str:
     """A decoded scene's objects named from top to bottom, or "": shapes.top_down_caption."""
     return shapes.top_down_caption(example)
+
+  def order_negative(self, example: dict, text: str, rng) -> str:
+    """A list or top-down chain of a decoded scene with two neighbours swapped, or "": shapes.order_negative."""
+    return shapes.order_negative(example, text, rng)
 
   def relation_twin(self, example: dict, rng):
     """(text, twin example, twin text) of a decoded training scene, or None: shapes.relation_twin."""

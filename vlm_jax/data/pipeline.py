@@ -195,7 +195,7 @@ TRUE_COUNT_FEATURES = ("object_count", "text_count")  # config.data.ignore_true_
 def _contrastive_features(example: dict, rng: np.random.Generator, tokenizer, max_len: int,
                           canonical_prob: float = 0.0, hard_negatives: bool = False, relation_prob: float = 0.0,
                           decoder_caption: str = "canonical", top_down_prob: float = 0.0, builder=None,
-                          true_counts: bool = False):
+                          true_counts: bool = False, order_negatives: bool = False):
   """A true caption ('text') and the canonical caption ('caption'); with hard_negatives also 'text_negative',
   the text made false by a word swap (vlm_jax.data.negatives), and 'text_negative_valid' (0: the text has none).
 
@@ -209,6 +209,9 @@ def _contrastive_features(example: dict, rng: np.random.Generator, tokenizer, ma
   captioner learns to write) is the canonical caption, or with decoder_caption "text" the same text as 'text'.
   true_counts (config.data.ignore_true_counts): also 'object_count', the scene's number of objects, and 'text_count'
   (and 'text_negative_count'), the count the text states (builder.COUNT_CAPTIONS; 0: none).
+  order_negatives (config.data.order_negatives, with hard_negatives): a text whose word order states where the
+  objects lie (the canonical list, a top-down chain) gets builder.order_negative, two neighbours named in swapped
+  order, as its negative before the word swaps (which leave a list without one).
   """
   captions = example["captions"]
   relations = [c for c in captions if negatives.states_relation(c)] if relation_prob > 0 else []
@@ -231,7 +234,8 @@ def _contrastive_features(example: dict, rng: np.random.Generator, tokenizer, ma
   TRUNCATIONS.add(caption_cut)
   features = {"image": example["image"], "text": text, "caption": caption}
   if hard_negatives:
-    negative = negatives.hard_negative(chosen, rng)
+    negative = builder.order_negative(example, chosen, rng) if order_negatives else ""
+    negative = negative or negatives.hard_negative(chosen, rng)
     features["text_negative"] = tokenize(tokenizer, negative, max_len)[0]
     features["text_negative_valid"] = np.int32(bool(negative))
     if true_counts:
@@ -315,7 +319,8 @@ def _features(raw: dict, rng: np.random.Generator, *, task: str, tokenizer, data
                                  data_config.get("relation_caption_prob", 0.0),
                                  data_config.get("decoder_caption", "canonical"),
                                  data_config.get("top_down_caption_prob", 0.0), builder,
-                                 data_config.get("ignore_true_counts", False))
+                                 data_config.get("ignore_true_counts", False),
+                                 data_config.get("order_negatives", False))
   return _vqa_features(example, rng, tokenizer, data_config.max_text_len,
                        data_config.vqa_caption_prob)
 
@@ -506,6 +511,11 @@ def train_iterator(data_config, tokenizer: Tokenizer | None, *, batch_size: int,
   if data_config.get("ignore_true_counts", False) and (task != "contrastive_caption" or not builder.COUNT_CAPTIONS):
     raise UserError(f"config.data.ignore_true_counts=True: it is for contrastive_caption batches of scenes with count "
                     f"captions ({counting}), not for {task!r} batches of config.data.name={data_config.name!r}")
+  if data_config.get("order_negatives", False) and not (data_config.get("hard_negatives", False)
+                                                         and builder.RELATION_TWINS):
+    raise UserError("config.data.order_negatives=True: it needs config.data.hard_negatives=True (the negatives' "
+                    f"column) and scenes whose captions list objects in order (only {mirrorable}), not "
+                    f"config.data.name={data_config.name!r} with hard_negatives={data_config.get('hard_negatives')}")
   if data_config.get("top_down_caption_prob", 0.0) and not builder.RELATION_TWINS:
     raise UserError(f"config.data.top_down_caption_prob={data_config.top_down_caption_prob}: config.data.name="
                     f"{data_config.name!r} has no top-down captions (only {mirrorable})")

@@ -326,6 +326,29 @@ def top_down_caption(example: dict) -> str:
   return " above ".join(with_article(object_name(o)) for o in objects)
 
 
+def order_negative(example: dict, text: str, rng: np.random.Generator) -> str:
+  """`text` made false by naming two neighbouring objects in swapped order, where `text` is one of the texts whose
+  word order states where the objects lie: the canonical caption (left to right) or top_down_caption (top to
+  bottom). Only neighbours at least RELATION_MARGIN_AT_32 apart on that axis are swapped (one pair, drawn at random
+  among them), so the negative is false of the scene and not merely ambiguous; "" for any other text or a list with
+  no such neighbours. The order hard negative of a list: today's word-swap negatives (vlm_jax.data.negatives) leave
+  lists without one, so a contrastive batch never asks which of two named objects comes first."""
+  objects = placed_objects(example)
+  if text == example["caption"]:
+    axis, ordered, render = "x", objects, list_phrase  # the scene is stored in caption order (sorted by x)
+  elif text and text == top_down_caption(example):
+    axis, ordered = "y", sorted(objects, key=lambda o: o["y"])
+    render = lambda objs: " above ".join(with_article(object_name(o)) for o in objs)
+  else:
+    return ""
+  margin = RELATION_MARGIN_AT_32 * np.asarray(example["image"]).shape[0] / 32
+  apart = [i for i in range(len(ordered) - 1) if ordered[i + 1][axis] - ordered[i][axis] >= margin]
+  if not apart:
+    return ""
+  i = apart[int(rng.integers(len(apart)))]
+  return render(ordered[:i] + [ordered[i + 1], ordered[i]] + ordered[i + 2:])
+
+
 # ----------------------------------------------------------------------------- relation twins
 
 def placed_objects(example: dict) -> list[dict]:
