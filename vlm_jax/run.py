@@ -101,10 +101,25 @@ class Run:
           task=self.model_module.DATA_TASK, process_index=jax.process_index(), process_count=jax.process_count())
     self.tx = train_state.make_optimizer(config)
     batch = models.sample_batch(self.model_module.FEATURES, 2, config.data.image_size, config.data.max_text_len)
-    self.state, self.state_shardings = train_state.create_train_state(
-        self.model, self.tx, batch, jax.random.key(config.seed), self.mesh, self.rules,
-        towers.param_dtype_of(config.model))
+    # The state's abstract shape and shardings now; its values only when first read (`state`): a run that restores
+    # a checkpoint never computes (nor compiles) an initial state it would overwrite.
+    self._init, self.abstract_state, self.state_shardings = train_state.state_init(
+        self.model, self.tx, batch, self.mesh, self.rules, towers.param_dtype_of(config.model))
+    self._state = None
     self.checkpoints = checkpointing.Checkpoints(self.workdir, config.keep_checkpoints)
+
+  @property
+  def state(self):
+    """The train state: restore_latest's, or else the freshly initialised one (from config.seed), computed here on
+    first use."""
+    if self._state is None:
+      self._state = train_state.initialize_state(self._init, self.state_shardings, jax.random.key(self.config.seed),
+                                                 self.rules)
+    return self._state
+
+  @state.setter
+  def state(self, value):
+    self._state = value
 
   def restore_latest(self) -> int:
     """Restores the newest readable checkpoint (state and data iterator); returns its step, 0 if none.
@@ -114,12 +129,12 @@ class Run:
     """
     for step in sorted(self.checkpoints.all_steps(), reverse=True):
       try:
-        if layers.in_loop_layout(self.checkpoints.saved_params(step), self.state.params):
+        if layers.in_loop_layout(self.checkpoints.saved_params(step), self.abstract_state.params):
           self.state = self._restore_loop_layout(step)
           print(f"converted checkpoint {self.checkpoints.directory}/{step} from the loop layout "
                 "(block_NN) to config.model.scan's stacked layout", flush=True)
         else:
-          self.state = self.checkpoints.restore(step, self.state, self.data_iterator)
+          self.state = self.checkpoints.restore(step, self.abstract_state, self.data_iterator)
         return int(step)
       except Exception as e:  # orbax/tensorstore raise many kinds for a damaged checkpoint
         print(f"warning: checkpoint {self.checkpoints.directory}/{step} is unreadable "
@@ -146,6 +161,6 @@ class Run:
                             nn.meta.unbox(jax.eval_shape(init, jax.random.key(0))))
     restored = self.checkpoints.restore(step, abstract, self.data_iterator)
     converted = layers.to_scanned_layout(serialization.to_state_dict(restored),
-                                         serialization.to_state_dict(self.state))
-    state = serialization.from_state_dict(self.state, converted)
+                                         serialization.to_state_dict(self.abstract_state))
+    state = serialization.from_state_dict(self.abstract_state, converted)
     return jax.tree.map(jax.device_put, state, self.state_shardings)

@@ -91,8 +91,9 @@ def make_optimizer(config) -> optax.GradientTransformation:
   return optax.multi_transform({"trained": adamw, "frozen": optax.set_to_zero()}, labels)
 
 
-def create_train_state(model, tx, batch: dict, rng, mesh, rules, param_dtype=jnp.float32):
-  """Initialises the state already sharded: jit of init with out_shardings from its abstract shape; the params
+def state_init(model, tx, batch: dict, mesh, rules, param_dtype=jnp.float32):
+  """(init, abstract, shardings): the state's init function of an rng, its unboxed abstract shape with each leaf's
+  sharding (jax.ShapeDtypeStruct: what a checkpoint restores onto, nothing computed) and the shardings. The params
   in `param_dtype` (init_params)."""
   def init(rng):
     params = init_params(model, rng, batch, param_dtype)
@@ -101,10 +102,22 @@ def create_train_state(model, tx, batch: dict, rng, mesh, rules, param_dtype=jnp
     return TrainState.create(apply_fn=model.apply, params=params, tx=tx).replace(step=jnp.zeros((), jnp.int32))
 
   with nn.logical_axis_rules(rules):
-    abstract = jax.eval_shape(init, rng)
-    shardings, replicated_dims = sharding.fit_to_shapes(nn.meta.unbox(abstract),
-                                                        sharding.state_shardings(abstract, mesh, rules))
-    if replicated_dims and jax.process_index() == 0:
-      print(sharding.describe_replicated(replicated_dims), flush=True)
-    state = jax.jit(init, out_shardings=shardings)(rng)
-  return nn.meta.unbox(state), shardings
+    boxed = jax.eval_shape(init, jax.random.key(0))
+    shardings, replicated_dims = sharding.fit_to_shapes(nn.meta.unbox(boxed),
+                                                        sharding.state_shardings(boxed, mesh, rules))
+    abstract = nn.meta.unbox(jax.eval_shape(jax.jit(init, out_shardings=shardings), jax.random.key(0)))
+  if replicated_dims and jax.process_index() == 0:
+    print(sharding.describe_replicated(replicated_dims), flush=True)
+  return init, abstract, shardings
+
+
+def initialize_state(init, shardings, rng, rules):
+  """The state computed already sharded: jit of `init` (state_init's) with out_shardings."""
+  with nn.logical_axis_rules(rules):
+    return nn.meta.unbox(jax.jit(init, out_shardings=shardings)(rng))
+
+
+def create_train_state(model, tx, batch: dict, rng, mesh, rules, param_dtype=jnp.float32):
+  """Initialises the state already sharded (state_init, then initialize_state); returns (state, shardings)."""
+  init, _, shardings = state_init(model, tx, batch, mesh, rules, param_dtype)
+  return initialize_state(init, shardings, rng, rules), shardings

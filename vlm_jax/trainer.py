@@ -3,7 +3,7 @@
 Re-running on the same workdir resumes from the latest checkpoint in DIR/checkpoints/. The command line
 is `python -m vlm_jax.train` (vlm_jax/train.py, flags only).
 
-Compile time: every jitted program the run compiles (the state's initialisation "init", "train_step", the
+Compile time: every jitted program the run compiles (a fresh run's initial state "init", "train_step", the
 evaluators' and "generate") prints one line "compile: NAME 12.3 s (cache miss)" when it compiles, and
 DIR/compile_times.json holds them all with time_to_first_step_s (vlm_jax/compile_log.py); the first
 metrics.jsonl line has compile_s/train_step and time_to_first_step_s.
@@ -210,7 +210,7 @@ def batch_features(config, model_module) -> tuple:
 
 def _train_and_evaluate(config, workdir: str, since: tuple) -> dict:
   """train_and_evaluate; `since` (time.time(), what it is) is where time to first step counts from."""
-  run = compile_log.LOG.call("init", run_lib.Run, config, workdir, for_training=True)  # compiles the state's init
+  run = run_lib.Run(config, workdir, for_training=True)  # the state's shape only: no init computed yet
   workdir, is_main = run.workdir, jax.process_index() == 0
   features = batch_features(config, run.model_module)
   if is_main:  # what inference needs besides the checkpoints: the workdir alone is then enough to predict
@@ -222,9 +222,11 @@ def _train_and_evaluate(config, workdir: str, since: tuple) -> dict:
   if start_step:
     print(f"resumed from {run.checkpoints.directory}/{start_step}", flush=True)
     writer.truncate_after(start_step)
-  elif config.init_from:
-    run.state = run.state.replace(params=initialize_from(run.state.params, run.state_shardings.params,
-                                                         config.init_from, config.data.image_size))
+  else:  # a fresh start: the initial state computed (a resumed run never compiles nor runs "init")
+    compile_log.LOG.call("init", lambda: run.state)
+    if config.init_from:
+      run.state = run.state.replace(params=initialize_from(run.state.params, run.state_shardings.params,
+                                                           config.init_from, config.data.image_size))
   n_params = sum(x.size for x in jax.tree.leaves(run.state.params))
   print(f"model {config.model.name}: {n_params / 1e6:.2f}M parameters; mesh {dict(run.mesh.shape)}; "
         f"{config.total_steps} steps of batch {config.batch_size}", flush=True)
