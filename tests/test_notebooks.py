@@ -47,6 +47,11 @@ def kernel_env(data_dir: str, tmp_dir: str) -> dict:
              PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
   env.pop("MPLBACKEND", None)  # the kernel's inline backend: figures become outputs
   env["XLA_FLAGS"] = xla_flags(devices=1)  # conftest's 8 simulated devices are for the sharding tests
+  # The session's compilation cache (conftest) for the kernels too, through jax's own variables (the notebooks
+  # call the trainer, not the CLI that enables it): programs the notebooks share compile once.
+  cache = os.environ.get("VLM_JAX_COMPILATION_CACHE")
+  if cache:
+    env.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   return env
 
 
