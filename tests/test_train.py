@@ -83,7 +83,14 @@ def test_tiny_run_lowers_the_loss_and_writes_eval_json(name, data_dir, tmp_path)
   assert first["time_to_first_step_s"] > programs["train_step"]["compile_s"]
 
 
-def test_rerunning_resumes_from_the_latest_checkpoint_at_the_right_step(data_dir, tmp_path, capsys):
+def never_initialize(monkeypatch):
+  """From here on computing an initial state fails the test: a run that restores needs only the state's shape."""
+  def fail(*args, **kwargs):
+    raise AssertionError("an initial state was computed though a checkpoint was restored")
+  monkeypatch.setattr(train_state, "initialize_state", fail)
+
+
+def test_rerunning_resumes_from_the_latest_checkpoint_at_the_right_step(data_dir, tmp_path, capsys, monkeypatch):
   config = tiny(load_config("shapes_clip"), data_dir, total_steps=12, log_every_steps=4,
                 eval_every_steps=1000, checkpoint_every_steps=6)
   config.eval.at_end = False  # the steps and checkpoints are the point
@@ -94,6 +101,7 @@ def test_rerunning_resumes_from_the_latest_checkpoint_at_the_right_step(data_dir
   assert all(0.0 <= m["hard_negative_accuracy"] <= 1.0 for m in read_metrics(tmp_path) if "loss" in m)
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["12", "6"]
   config.total_steps = 20
+  never_initialize(monkeypatch)
   trainer.train_and_evaluate(config, str(tmp_path))
   assert f"resumed from {tmp_path}/checkpoints/12" in capsys.readouterr().out
   steps = [m["step"] for m in read_metrics(tmp_path) if "loss" in m]
@@ -102,11 +110,12 @@ def test_rerunning_resumes_from_the_latest_checkpoint_at_the_right_step(data_dir
   assert "20" in os.listdir(tmp_path / "checkpoints")
 
 
-def test_evaluate_restores_the_latest_checkpoint_and_matches_training(data_dir, tmp_path):
+def test_evaluate_restores_the_latest_checkpoint_and_matches_training(data_dir, tmp_path, monkeypatch):
   config = tiny(load_config("shapes_clip"), data_dir, total_steps=8, log_every_steps=4,
                 eval_every_steps=1000, checkpoint_every_steps=8)
   trained = trainer.train_and_evaluate(config, str(tmp_path))
   os.remove(tmp_path / "eval.json")
+  never_initialize(monkeypatch)
   evaluated = evaluation.evaluate_checkpoint(config, str(tmp_path))
   assert evaluated == trained
   assert os.path.exists(tmp_path / "eval.json")
