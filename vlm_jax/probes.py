@@ -55,7 +55,7 @@ def fit_logistic(features: np.ndarray, labels: np.ndarray, train_fraction: float
 def order_scenes(count: int, image_size: int = 32, data_seed: int = PROBE_DATA_SEED):
   """`count` two-object scenes clearly apart on both axes: (uint8 images [count, S, S, 3], {axis: bool [count]}:
   whether the alphabetically first object has the smaller x / y)."""
-  margin = shapes.RELATION_MARGIN_AT_32 * image_size / 32
+  margin = shapes.relation_margin(image_size)
   images, labels = [], {axis: [] for axis in AXES}
   index = 0
   while len(images) < count:

@@ -72,6 +72,17 @@ def list_phrase(objects: list[dict]) -> str:
   return join_phrases([with_article(object_name(o)) for o in objects])
 
 
+def chain_phrase(objects: list[dict]) -> str:
+  """'a x above a y above a z': the objects in the given order (top to bottom), chained by "above"."""
+  return " above ".join(with_article(object_name(o)) for o in objects)
+
+
+def relation_margin(image_size: int, margin_at_32: float = RELATION_MARGIN_AT_32) -> float:
+  """How far apart (centres, pixels) two objects lie on an axis for a relation between them to be stated, at
+  image_size (margin_at_32 at 32 px, scaled)."""
+  return margin_at_32 * image_size / 32
+
+
 def count_caption(n: int) -> str:
   """'one shape', 'two shapes', ..."""
   return f"{NUMBER_WORDS[n]} shape" + ("" if n == 1 else "s")
@@ -293,7 +304,7 @@ def make_example(seed: int, split: str, index: int, image_size: int = 32, style:
 
 def _scene_example(rng, objects: list[dict], image_size: int, background: int, drawing: dict) -> dict:
   """Every field of the example of placed `objects` (sorted by x): image, scene, captions, negatives, questions."""
-  margin = drawing["margin_at_32"] * image_size / 32
+  margin = relation_margin(image_size, drawing["margin_at_32"])
   clear = {axis: _clear_pairs(objects, axis, margin) for axis in ("x", "y")}
   caption = list_phrase(objects)
   count_pos, count_neg = _count_negative(rng, len(objects))
@@ -320,10 +331,10 @@ def top_down_caption(example: dict) -> str:
   circle above a green triangle"): the vertical counterpart of the canonical caption (which lists them left to
   right); "" unless the scene has 2+ objects, each clearly (RELATION_MARGIN_AT_32) below the one before."""
   objects = sorted(placed_objects(example), key=lambda o: o["y"])
-  margin = RELATION_MARGIN_AT_32 * np.asarray(example["image"]).shape[0] / 32
+  margin = relation_margin(np.asarray(example["image"]).shape[0])
   if len(objects) < 2 or any(b["y"] - a["y"] < margin for a, b in zip(objects, objects[1:])):
     return ""
-  return " above ".join(with_article(object_name(o)) for o in objects)
+  return chain_phrase(objects)
 
 
 def order_negative(example: dict, text: str, rng: np.random.Generator) -> str:
@@ -337,11 +348,10 @@ def order_negative(example: dict, text: str, rng: np.random.Generator) -> str:
   if text == example["caption"]:
     axis, ordered, render = "x", objects, list_phrase  # the scene is stored in caption order (sorted by x)
   elif text and text == top_down_caption(example):
-    axis, ordered = "y", sorted(objects, key=lambda o: o["y"])
-    render = lambda objs: " above ".join(with_article(object_name(o)) for o in objs)
+    axis, ordered, render = "y", sorted(objects, key=lambda o: o["y"]), chain_phrase
   else:
     return ""
-  margin = RELATION_MARGIN_AT_32 * np.asarray(example["image"]).shape[0] / 32
+  margin = relation_margin(np.asarray(example["image"]).shape[0])
   apart = [i for i in range(len(ordered) - 1) if ordered[i + 1][axis] - ordered[i][axis] >= margin]
   if not apart:
     return ""
@@ -380,7 +390,7 @@ def relation_twin(example: dict, rng: np.random.Generator) -> tuple[str, dict, s
   image = np.asarray(example["image"])
   size = image.shape[0]
   objects = placed_objects(example)
-  clear = {axis: _clear_pairs(objects, axis, RELATION_MARGIN_AT_32 * size / 32) for axis in ("x", "y")}
+  clear = {axis: _clear_pairs(objects, axis, relation_margin(size)) for axis in ("x", "y")}
   axes = [axis for axis in ("x", "y") if clear[axis]]
   if not axes:
     return None
