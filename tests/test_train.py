@@ -28,6 +28,9 @@ def tiny(config, data_dir, **overrides):
   config.model.embed_dim = 32
   config.optimizer.learning_rate = 3e-3
   config.optimizer.warmup_steps = 5
+  # One schedule for every tiny run, whatever its total_steps: the schedule's length is compiled into the train
+  # step, so runs of the same model share one program and the session's compilation cache serves them.
+  config.optimizer.schedule_steps = 40
   config.eval.batch_size = 64
   config.eval.extra_splits = ()
   for key, value in overrides.items():
@@ -88,6 +91,25 @@ def never_initialize(monkeypatch):
   def fail(*args, **kwargs):
     raise AssertionError("an initial state was computed though a checkpoint was restored")
   monkeypatch.setattr(train_state, "initialize_state", fail)
+
+
+def test_tensorboard_events_are_written_without_importing_torch(tmp_path):
+  """tensorboardX imports torch when it is installed (it is, for the transformers parity tests): 2-3 s at every
+  run's start for nothing. The writer's events hold the scalars, torch is not imported, and stays importable."""
+  code = ("import sys\nfrom vlm_jax.metrics_writer import MetricsWriter\n"
+          f"w = MetricsWriter({str(tmp_path)!r})\nw.write(3, {{'loss': 1.5}})\nw.close()\n"
+          "print('torch' in sys.modules)\nimport torch\nprint(torch.__name__)\n")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+  assert out.split() == ["False", "torch"], out
+  (events,) = (tmp_path / "tensorboard").iterdir()
+  from tensorboardX.proto import event_pb2
+  records, data = [], events.read_bytes()
+  while data:  # TFRecord framing: uint64 length, uint32 crc, payload, uint32 crc
+    n = int.from_bytes(data[:8], "little")
+    records.append(event_pb2.Event.FromString(data[12:12 + n]))
+    data = data[16 + n:]
+  scalars = [(e.step, v.tag, v.simple_value) for e in records for v in e.summary.value]
+  assert scalars == [(3, "loss", 1.5)], scalars
 
 
 def test_rerunning_resumes_from_the_latest_checkpoint_at_the_right_step(data_dir, tmp_path, capsys, monkeypatch):
@@ -311,6 +333,36 @@ def test_head_lr_scale_moves_only_the_contrastive_scalars_k_times_as_far_and_kee
   config.optimizer.head_lr_scale = 0
   with pytest.raises(run_config.UserError, match=r"^config.optimizer.head_lr_scale=0.0 must be a positive number"):
     train_state.make_optimizer(config)
+
+
+def test_schedule_steps_sets_the_schedule_length_whatever_total_steps_is():
+  """With a constant gradient Adam's step on a scalar (no weight decay) is lr_t * g / (|g| + eps) = lr_t: the updates
+  follow the closed-form warmup + cosine of schedule_steps, not of total_steps, and schedule_steps=0 is total_steps."""
+  import math
+  import jax.numpy as jnp
+  import numpy as np
+  params = {"w": jnp.float32(1.0)}
+
+  def learning_rates(total_steps, schedule_steps, steps=6):
+    config = run_config.base_config()
+    config.total_steps = total_steps
+    config.optimizer.update(learning_rate=1e-2, warmup_steps=4, schedule_steps=schedule_steps)
+    run_config.validate(config)
+    tx = train_state.make_optimizer(config)
+    state, out = tx.init(params), []
+    for _ in range(steps):
+      u, state = tx.update({"w": jnp.float32(0.5)}, state, params)
+      out.append(-float(u["w"]))
+    return np.array(out)
+
+  closed = [1e-2 * t / 4 if t < 4 else 1e-2 * 0.5 * (1 + math.cos(math.pi * (t - 4) / 16)) for t in range(6)]
+  np.testing.assert_allclose(learning_rates(6, 20), closed, rtol=1e-5)
+  np.testing.assert_array_equal(learning_rates(6, 20), learning_rates(20, 0))
+  assert learning_rates(6, 0)[-1] < 0.5 * closed[-1]  # without it the 6-step run decays over its own 6 steps
+  config = run_config.base_config()
+  config.optimizer.schedule_steps = -1
+  with pytest.raises(run_config.UserError, match=r"^config.optimizer.schedule_steps=-1 must be a non-negative"):
+    run_config.validate(config)
 
 
 def test_ignore_true_counts_with_the_chunked_sigmoid_loss_is_refused_naming_both_keys():

@@ -12,6 +12,22 @@ def _plain(value):
   return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
+def _summary_writer():
+  """tensorboardX's SummaryWriter, imported without torch. tensorboardX imports torch whenever it is installed,
+  only to accept torch tensors as values (2-3 s at the start of every run on a machine with torch; this one writes
+  Python floats): `import torch` fails while sys.modules maps it to None, and tensorboardX falls back to numpy."""
+  import sys
+  block = "torch" not in sys.modules
+  if block:
+    sys.modules["torch"] = None
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    if block:
+      del sys.modules["torch"]  # torch stays importable for whoever wants it
+  return SummaryWriter
+
+
 class MetricsWriter:
   """Only process 0 writes; other processes get a writer that does nothing."""
 
@@ -20,8 +36,7 @@ class MetricsWriter:
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._tensorboard = None
     if enabled:
-      from tensorboardX import SummaryWriter
-      self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tensorboard = _summary_writer()(os.path.join(workdir, "tensorboard"))
 
   def truncate_after(self, step: int) -> None:
     """On resume, drop lines a killed run logged after the checkpoint it resumes from."""

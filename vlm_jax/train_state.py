@@ -59,7 +59,8 @@ def mu_dtype_of(optimizer_config):
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-  """AdamW with linear warmup then cosine decay to 0 over total_steps; decay only on matrices. The first
+  """AdamW with linear warmup then cosine decay to 0 over config.optimizer.schedule_steps (0: total_steps; the
+  schedule's length is part of the compiled step, total_steps is not); decay only on matrices. The first
   moment in config.optimizer.mu_dtype, the second in the parameters' dtype (optax's adamw).
 
   Parameters matching config.freeze get `set_to_zero`, which keeps no state: no Adam moments for them.
@@ -67,8 +68,9 @@ def make_optimizer(config) -> optax.GradientTransformation:
   of the learning rate (warmup and decay alike), after one gradient clip over all parameters.
   """
   o = config.optimizer
-  warmup = min(o.warmup_steps, config.total_steps // 2)  # a short run still gets a decay phase
-  schedule = lambda peak: optax.warmup_cosine_decay_schedule(0.0, peak, warmup, config.total_steps, end_value=0.0)
+  steps = o.get("schedule_steps", 0) or config.total_steps
+  warmup = min(o.warmup_steps, steps // 2)  # a short run still gets a decay phase
+  schedule = lambda peak: optax.warmup_cosine_decay_schedule(0.0, peak, warmup, steps, end_value=0.0)
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
   adam = lambda peak: optax.adamw(schedule(peak), b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask,
                                   mu_dtype=mu_dtype_of(o))
