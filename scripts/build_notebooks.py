@@ -400,7 +400,7 @@ between shapes), **left/right** and **above/below** (a relation reversed). A mod
 it prefers the true caption; chance is 0.5.
 '''),
     code(r'''
-clip_config = notebook_config("shapes_clip", steps=800, fast_steps=12)
+clip_config = notebook_config("shapes_clip", steps=800, fast_steps=10)
 pipeline.prepare_shapes(DATA_DIR, clip_config.data.builder_config)
 test = pipeline.load_split(clip_config.data, "test")
 print(len(test["caption"]), "test examples")
