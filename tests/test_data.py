@@ -454,6 +454,16 @@ def test_order_negatives_without_hard_negatives_are_refused(data_config, sp_toke
     pipeline.train_iterator(config, sp_tokenizer, batch_size=8, seed=0, task="contrastive_caption")
 
 
+@pytest.mark.parametrize("key, value", [("hard_negatives", True), ("relation_caption_prob", 0.5),
+                                        ("top_down_caption_prob", 1.0), ("order_negatives", True)])
+def test_contrastive_text_keys_on_a_vqa_run_are_refused_naming_the_key(data_config, sp_tokenizer, key, value):
+  """A prefix-LM (task "vqa") draws no contrastive texts: such a key would be silently ignored."""
+  config = ml_collections.ConfigDict({**data_config.to_dict(), key: value})
+  with pytest.raises(UserError, match=rf"^config.data.{key}={value}: it chooses the texts of contrastive_caption "
+                                      r"batches; this model trains on 'vqa' batches"):
+    pipeline.train_iterator(config, sp_tokenizer, batch_size=8, seed=0, task="vqa")
+
+
 def test_relation_caption_prob_one_makes_every_text_of_a_scene_with_a_relation_a_relation_caption_and_a_decoder_target(
     data_config, sp_tokenizer):
   config = ml_collections.ConfigDict({**data_config.to_dict(), "relation_caption_prob": 1.0})

@@ -188,6 +188,8 @@ def make_vqa_prompt(tokenizer: Tokenizer, question: str, max_len: int) -> np.nda
   return np.asarray(ids[:max_len - 1], np.int32)
 
 
+# The data keys that only choose contrastive texts (_contrastive_features): refused for other tasks.
+CONTRASTIVE_TEXT_KEYS = ("hard_negatives", "relation_caption_prob", "top_down_caption_prob", "order_negatives")
 HARD_NEGATIVE_FEATURES = ("text_negative", "text_negative_valid")  # config.data.hard_negatives: see below
 TRUE_COUNT_FEATURES = ("object_count", "text_count")  # config.data.ignore_true_counts (+ "text_negative_count")
 
@@ -507,6 +509,11 @@ def train_iterator(data_config, tokenizer: Tokenizer | None, *, batch_size: int,
                       f"config.data.builder_config={data_config.builder_config!r} trains on {tuple(styles)}: the twin "
                       "would differ from its scene in more than the mirrored axis")
     dataset = RelationTwins(dataset, builder=builder, seed=seed, share=twins)
+  if task != "contrastive_caption":  # these choose the contrastive texts: another task's batches have none
+    for key in CONTRASTIVE_TEXT_KEYS:
+      if data_config.get(key):
+        raise UserError(f"config.data.{key}={data_config[key]}: it chooses the texts of contrastive_caption batches; "
+                        f"this model trains on {task!r} batches, where it would do nothing")
   counting = [name for name, b in datasets.BUILDERS.items() if b.COUNT_CAPTIONS]
   if data_config.get("ignore_true_counts", False) and (task != "contrastive_caption" or not builder.COUNT_CAPTIONS):
     raise UserError(f"config.data.ignore_true_counts=True: it is for contrastive_caption batches of scenes with count "
