@@ -1,5 +1,6 @@
 """End to end: a tiny run learns, resumes at the right step, and bad input fails with one clear line."""
 
+import glob
 import json
 import os
 import subprocess
@@ -91,6 +92,16 @@ def never_initialize(monkeypatch):
   def fail(*args, **kwargs):
     raise AssertionError("an initial state was computed though a checkpoint was restored")
   monkeypatch.setattr(train_state, "initialize_state", fail)
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "*.py"))), ids=os.path.basename)
+def test_every_config_file_validates_or_names_what_it_needs_in_one_line(path):
+  """A shipped config loads from any directory (one config may build on another) and passes validation, or, where
+  it needs the user's paths (own data, pretrained parts), says so in one line: never another exception."""
+  try:
+    run_config.validate(run_config.load_config(path))
+  except run_config.UserError as e:
+    assert "\n" not in str(e) and ("pass --config." in str(e) or "needs " in str(e)), str(e)
 
 
 def test_tensorboard_events_are_written_without_importing_torch(tmp_path):
