@@ -29,13 +29,13 @@ def tiny(config, data_dir, **overrides):
   config.model.embed_dim = 32
   config.optimizer.learning_rate = 3e-3
   config.optimizer.warmup_steps = 5
-  # One schedule for every tiny run, whatever its total_steps: the schedule's length is compiled into the train
-  # step, so runs of the same model share one program and the session's compilation cache serves them.
-  config.optimizer.schedule_steps = 40
   config.eval.batch_size = 64
   config.eval.extra_splits = ()
   for key, value in overrides.items():
     setattr(config, key, value)
+  # One schedule for the tiny runs of up to 40 steps, whatever their total_steps: the schedule's length is compiled
+  # into the train step, so runs of the same model share one program and the session's compilation cache serves them.
+  config.optimizer.schedule_steps = max(40, config.total_steps)
   return config
 
 

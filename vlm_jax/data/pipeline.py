@@ -509,15 +509,15 @@ def train_iterator(data_config, tokenizer: Tokenizer | None, *, batch_size: int,
                       f"config.data.builder_config={data_config.builder_config!r} trains on {tuple(styles)}: the twin "
                       "would differ from its scene in more than the mirrored axis")
     dataset = RelationTwins(dataset, builder=builder, seed=seed, share=twins)
+  counting = [name for name, b in datasets.BUILDERS.items() if b.COUNT_CAPTIONS]
+  if data_config.get("ignore_true_counts", False) and (task != "contrastive_caption" or not builder.COUNT_CAPTIONS):
+    raise UserError(f"config.data.ignore_true_counts=True: it is for contrastive_caption batches of scenes with count "
+                    f"captions ({counting}), not for {task!r} batches of config.data.name={data_config.name!r}")
   if task != "contrastive_caption":  # these choose the contrastive texts: another task's batches have none
     for key in CONTRASTIVE_TEXT_KEYS:
       if data_config.get(key):
         raise UserError(f"config.data.{key}={data_config[key]}: it chooses the texts of contrastive_caption batches; "
                         f"this model trains on {task!r} batches, where it would do nothing")
-  counting = [name for name, b in datasets.BUILDERS.items() if b.COUNT_CAPTIONS]
-  if data_config.get("ignore_true_counts", False) and (task != "contrastive_caption" or not builder.COUNT_CAPTIONS):
-    raise UserError(f"config.data.ignore_true_counts=True: it is for contrastive_caption batches of scenes with count "
-                    f"captions ({counting}), not for {task!r} batches of config.data.name={data_config.name!r}")
   if data_config.get("order_negatives", False) and not (data_config.get("hard_negatives", False)
                                                          and builder.RELATION_TWINS):
     raise UserError("config.data.order_negatives=True: it needs config.data.hard_negatives=True (the negatives' "
