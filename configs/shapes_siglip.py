@@ -12,7 +12,10 @@ as the softmax's uniform target does (experiments/README.md, the SigLIP ablation
 The sigmoid loss wants a lower learning rate than the base config's 2e-3 (at 4e-3 it learns counting only; R@1
 0.361 +- 0.025 at 2e-3, 0.417 +- 0.037 at 5e-4 over 3 seeds) and a temperature that can grow: at 5e-4 the scale
 crawls from 10 to 12; its head at 10x the rate (config.optimizer.head_lr_scale) reaches 26 and R@1 0.466 (seed 0).
-It still trails CLIP (0.619 at its own best rate): experiments/README.md, sixth session.
+It still trails CLIP (0.619 at its own best rate): experiments/README.md, sixth session. With the image tower
+locked (LiT, config.init_from + config.freeze) the two losses train the text tower level (R@1 0.630 against 0.645 on
+CLIP's tower, 0.478 against 0.481 on SigLIP's): the gap is in how the sigmoid loss trains the image tower
+(experiments/README.md, tenth session).
 """
 
 import math
