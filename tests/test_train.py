@@ -346,6 +346,57 @@ def test_head_lr_scale_moves_only_the_contrastive_scalars_k_times_as_far_and_kee
     train_state.make_optimizer(config)
 
 
+def test_lr_scales_move_each_matched_group_its_multiple_as_far_first_match_first_and_name_a_bad_entry():
+  """As with head_lr_scale, Adam's step is proportional to lr and otherwise independent of it: with lr_scales
+  (("text/dense/.*", 4.0), ("text/.*", 0.5)) the first pair's parameters step 4x, the rest of text/ 0.5x, the head
+  head_lr_scale x, everything else as with no scales (first match wins; decay stays on matrices, scaled like the
+  rate). An entry that is not a (regex, positive number) pair, or whose regex matches no trained parameter, is a
+  UserError naming the entry."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  params = {"logit_scale": jnp.float32(2.3),
+            "text": {"dense": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}, "out": {"kernel": jnp.ones((2, 2))}},
+            "vision": {"proj": {"kernel": jnp.ones((2, 3))}}}
+  grads = [jax.tree.map(lambda p, s=s: jnp.full(p.shape, 0.3 * (s + 1), jnp.float32) * (1 + jnp.arange(p.size)
+                                                                                        .reshape(p.shape)), params)
+           for s in range(3)]
+
+  def updates(lr_scales, head=1.0, freeze=()):
+    config = run_config.base_config()
+    config.total_steps, config.optimizer.warmup_steps = 10, 2
+    config.optimizer.lr_scales, config.optimizer.head_lr_scale, config.freeze = lr_scales, head, freeze
+    tx = train_state.make_optimizer(config)
+    state, out = tx.init(params), []
+    for g in grads:
+      u, state = tx.update(g, state, params)
+      out.append(u)
+    return out
+
+  base = updates(())
+  scaled = updates((("text/dense/.*", 4.0), ("text/.*", 0.5)), head=3.0)
+  factors = {"text/dense": 4.0, "text/out": 0.5, "logit_scale": 3.0, "vision": 1.0}
+  for u1, uk in zip(base[1:], scaled[1:]):  # step 0: the warmup's lr is 0
+    for key, k in factors.items():
+      a, b = (jax.tree.leaves(u[key.split("/")[0]][key.split("/")[1]] if "/" in key else u[key]) for u in (u1, uk))
+      for x, y in zip(a, b):
+        assert np.any(np.asarray(x) != 0.0)
+        np.testing.assert_allclose(y, k * np.asarray(x), rtol=1e-6)
+  # Frozen wins over a matching pair: text/out frozen gets zero updates, the pair still matches text/dense.
+  frozen = updates((("text/.*", 2.0),), freeze=("text/out/.*",))
+  assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(frozen[1]["text"]["out"]))
+  np.testing.assert_allclose(frozen[1]["text"]["dense"]["kernel"], 2.0 * np.asarray(base[1]["text"]["dense"]["kernel"]),
+                             rtol=1e-6)
+  for bad, message in [((("vision/.*",),), r"^config.optimizer.lr_scales\[0\]=\('vision/.\*',\): expected a \(regex"),
+                       ((("vision/.*", 0),), r"^config.optimizer.lr_scales\[0\]=.*the multiple 0 must be a positive"),
+                       ((("vision/.*", 2.0), ("visoin/.*", 2.0)),
+                        r"^config.optimizer.lr_scales\[1\]: 'visoin/.\*' matches no trained parameter \(parameter "
+                        r"paths look like logit_scale, text/dense/bias"),
+                       ((("(", 2.0),), r"^config.optimizer.lr_scales\[0\]=.*'\(' is not a regex")]:
+    with pytest.raises(run_config.UserError, match=message):
+      updates(bad)
+
+
 def test_schedule_steps_sets_the_schedule_length_whatever_total_steps_is():
   """With a constant gradient Adam's step on a scalar (no weight decay) is lr_t * g / (|g| + eps) = lr_t: the updates
   follow the closed-form warmup + cosine of schedule_steps, not of total_steps, and schedule_steps=0 is total_steps."""

@@ -131,11 +131,13 @@ def base_config() -> ml_collections.ConfigDict:
                                           sigmoid_chunks=0, sigmoid_positives="each", label_smoothing=0.0))
   # mu_dtype: the dtype of Adam's first moment ("" = the parameters' dtype, e.g. "bfloat16" to halve it).
   # head_lr_scale: the learning rate of the contrastive head's logit_scale and logit_bias, as a multiple of the rest's.
+  # lr_scales: (regex over parameter paths, multiple) pairs, e.g. (("vision/.*", 2.0),): the parameters whose path
+  # fully matches a pair's regex (the first that does) train at that multiple of the learning rate.
   # schedule_steps: the length of the warmup + cosine schedule (0: total_steps). A run may stop before its schedule
   # ends (the first 1000 steps of a 3000-step run, to compare with it step for step) or go past it (learning rate 0).
   c.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=2e-3, warmup_steps=100, weight_decay=0.05, b1=0.9, b2=0.98, grad_clip_norm=1.0, mu_dtype="",
-      head_lr_scale=1.0, schedule_steps=0))
+      head_lr_scale=1.0, lr_scales=(), schedule_steps=0))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sharding = ml_collections.ConfigDict(dict(logical_axis_rules=list(DEFAULT_RULES)))
   # Evaluators, big_vision style: NAME -> dict(type=..., split=..., every=..., prefix=...) (vlm_jax.evaluate

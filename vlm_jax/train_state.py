@@ -58,6 +58,54 @@ def mu_dtype_of(optimizer_config):
   return towers.DTYPES[name]
 
 
+def lr_scale_rules(config) -> list:
+  """config.optimizer.lr_scales as [(compiled regex, multiple)], checked: each entry a (regex over parameter paths,
+  positive number) pair. A UserError names the entry that is not."""
+  rules = []
+  for i, entry in enumerate(config.optimizer.get("lr_scales", ())):
+    where = f"config.optimizer.lr_scales[{i}]={tuple(entry) if isinstance(entry, list) else entry!r}"
+    if not isinstance(entry, (tuple, list)) or len(entry) != 2 or not isinstance(entry[0], str):
+      raise UserError(f"{where}: expected a (regex over parameter paths, multiple of the learning rate) pair, "
+                      "e.g. ('vision/.*', 2.0)")
+    pattern, scale = entry
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+      raise UserError(f"{where}: the multiple {scale!r} must be a positive number")
+    try:
+      rules.append((re.compile(pattern), float(scale)))
+    except re.error as e:
+      raise UserError(f"{where}: {pattern!r} is not a regex ({e})") from None
+  return rules
+
+
+def lr_labels(params, config) -> object:
+  """The optimizer group of each parameter, a pytree of strings like `params`: "frozen" (config.freeze), else
+  "lr_scales_I" for the first config.optimizer.lr_scales entry I whose regex fully matches its path, else "head"
+  for the contrastive head's scalars when head_lr_scale != 1, else "trained". An lr_scales regex that matches no
+  parameter, or matches only frozen ones, is a UserError (a typo would otherwise train at the base rate unseen)."""
+  rules, head = lr_scale_rules(config), config.optimizer.get("head_lr_scale", 1.0) != 1.0
+  frozen = frozen_mask(params, config.freeze)
+  used = set()
+
+  def label(path, is_frozen):
+    name = param_path(path)
+    if is_frozen:
+      return "frozen"
+    for i, (regex, _) in enumerate(rules):
+      if regex.fullmatch(name):
+        used.add(i)
+        return f"lr_scales_{i}"
+    return "head" if head and HEAD_PARAMS.fullmatch(name) else "trained"
+
+  labels = jax.tree_util.tree_map_with_path(label, frozen)
+  for i, (regex, _) in enumerate(rules):
+    if i not in used:
+      names = [param_path(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+      shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+      raise UserError(f"config.optimizer.lr_scales[{i}]: {regex.pattern!r} matches no trained parameter "
+                      f"(parameter paths look like {shown})")
+  return labels
+
+
 def make_optimizer(config) -> optax.GradientTransformation:
   """AdamW with linear warmup then cosine decay to 0 over config.optimizer.schedule_steps (0: total_steps; the
   schedule's length is part of the compiled step, total_steps is not); decay only on matrices. The first
@@ -65,7 +113,9 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
   Parameters matching config.freeze get `set_to_zero`, which keeps no state: no Adam moments for them.
   config.optimizer.head_lr_scale != 1: the contrastive head's temperature and bias (HEAD_PARAMS) at that multiple
-  of the learning rate (warmup and decay alike), after one gradient clip over all parameters.
+  of the learning rate (warmup and decay alike); config.optimizer.lr_scales: (regex, multiple) pairs, the
+  parameters whose paths match at their multiple (lr_labels says which group each parameter is in). Every group
+  after one gradient clip over all parameters.
   """
   o = config.optimizer
   steps = o.get("schedule_steps", 0) or config.total_steps
@@ -75,16 +125,17 @@ def make_optimizer(config) -> optax.GradientTransformation:
   adam = lambda peak: optax.adamw(schedule(peak), b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask,
                                   mu_dtype=mu_dtype_of(o))
   head_scale = o.get("head_lr_scale", 1.0)
-  if not isinstance(head_scale, (int, float)) or head_scale <= 0:
+  if isinstance(head_scale, bool) or not isinstance(head_scale, (int, float)) or head_scale <= 0:
     raise UserError(f"config.optimizer.head_lr_scale={head_scale!r} must be a positive number")
-  if head_scale != 1.0:
-    # The clip over every gradient first, then the head's scalars their own Adam at head_scale x the schedule.
-    labels = lambda params: jax.tree_util.tree_map_with_path(
-        lambda path, frozen: "frozen" if frozen else ("head" if HEAD_PARAMS.fullmatch(param_path(path)) else
-                                                      "trained"), frozen_mask(params, config.freeze))
-    return optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), optax.multi_transform(
-        {"trained": adam(o.learning_rate), "head": adam(o.learning_rate * head_scale),
-         "frozen": optax.set_to_zero()}, labels))
+  rules = lr_scale_rules(config)
+  if head_scale != 1.0 or rules:
+    # The clip over every gradient first, then each group its own Adam at its multiple of the schedule.
+    groups = {"trained": adam(o.learning_rate), "frozen": optax.set_to_zero()}
+    if head_scale != 1.0:
+      groups["head"] = adam(o.learning_rate * head_scale)
+    groups.update({f"lr_scales_{i}": adam(o.learning_rate * scale) for i, (_, scale) in enumerate(rules)})
+    return optax.chain(optax.clip_by_global_norm(o.grad_clip_norm),
+                       optax.multi_transform(groups, lambda params: lr_labels(params, config)))
   # (The layout of every run before head_lr_scale: its checkpoints' optimizer state has this structure.)
   adamw = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), adam(o.learning_rate))
   if not config.freeze:
